@@ -1,0 +1,20 @@
+"""Consistent Video Suite: ComfyUI entry point.
+
+ComfyUI imports this file from ``custom_nodes/<any folder name>/`` and reads
+``NODE_CLASS_MAPPINGS`` / ``NODE_DISPLAY_NAME_MAPPINGS``. ``pip install -e .`` maps the
+same folder to the package ``consistent_video`` (``python -m consistent_video ...``).
+Every import below is relative, so both names work.
+"""
+from .nodes import loader_nodes, video_nodes
+from . import gvm_nodes  # registers the GVM model family
+from .gvm_nodes import nodes as gvm_node_defs
+
+_NODE_MODULES = (loader_nodes, video_nodes, gvm_node_defs)
+
+NODE_CLASS_MAPPINGS: dict = {}
+NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+for _module in _NODE_MODULES:
+    NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
+    NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+
+__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

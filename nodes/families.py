@@ -1,0 +1,76 @@
+"""Registry of model families and the typed handle the shared loader produces.
+
+Each capability folder registers one :class:`Family` describing its official file
+layout, where its weights come from, their licence, how to load them and how to write
+smoke weights in the same layout. The shared loader node, the CLI (``smoke-weights``)
+and the demo read this registry; nothing in ``nodes/`` imports a capability folder.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+SMOKE_MARKER = "SMOKE_WEIGHTS.txt"
+"""File written next to smoke weights; outputs made from such a folder say so."""
+
+
+@dataclass
+class ModelHandle:
+    """What the shared loader outputs (ComfyUI type ``CVS_MODEL``).
+
+    ``modules``: the networks by role (e.g. ``{"unet": ..., "vae": ...}``), resting on
+    the offload device until a node calls ``runtime.load_to_device``;
+    ``extra``: non-module parts (scheduler config, ...); ``is_smoke``: random smoke weights.
+    """
+
+    family: str
+    source: Path
+    modules: dict[str, torch.nn.Module]
+    device: torch.device
+    dtype: torch.dtype
+    extra: dict = field(default_factory=dict)
+    is_smoke: bool = False
+
+    def __repr__(self) -> str:  # shown in ComfyUI debug output; keep it short
+        smoke = ", SMOKE weights" if self.is_smoke else ""
+        return f"<CVS {self.family} model from {self.source} on {self.device} {self.dtype}{smoke}>"
+
+
+@dataclass(frozen=True)
+class Family:
+    """A supported model family.
+
+    ``files``: paths (relative to the weights folder) that the official release has and
+    the loader needs; ``load(folder, device, dtype) -> ModelHandle``;
+    ``write_smoke(folder)`` writes tiny random weights in the same layout.
+    """
+
+    name: str
+    display_name: str
+    default_repo: str
+    files: tuple[str, ...]
+    licence: str
+    load: Callable[[Path, torch.device, torch.dtype], ModelHandle]
+    write_smoke: Callable[[Path], None]
+
+
+_FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    _FAMILIES[family.name] = family
+    return family
+
+
+def get(name: str) -> Family:
+    try:
+        return _FAMILIES[name]
+    except KeyError:
+        raise KeyError(f"unknown model family '{name}'; known: {', '.join(sorted(_FAMILIES)) or 'none'}") from None
+
+
+def names() -> list[str]:
+    return sorted(_FAMILIES)

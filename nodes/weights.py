@@ -1,0 +1,197 @@
+"""Finding weights and loading them strictly.
+
+Resolution order (DESIGN.md): an entry under ``models/<family>/`` chosen by the user,
+an explicit path, then a Hugging Face repo id (its folder under ``models/<family>/``
+if already there, else downloaded with ``huggingface_hub`` when the machine is online).
+When nothing is found the error lists the exact files expected and where to put them.
+
+Loading is strict: every key of the checkpoint is consumed and every parameter of the
+network is filled; otherwise the error names the missing and unexpected keys.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Mapping, Optional
+
+import torch
+
+from . import runtime
+from .families import SMOKE_MARKER, Family
+
+AUTO = "auto"
+
+
+class WeightsError(RuntimeError):
+    """Weights missing, corrupt, or from another model. The message says what to do."""
+
+
+def repo_folder_name(repo_id: str) -> str:
+    """``"geyongtao/gvm"`` -> ``"geyongtao--gvm"`` (the folder a download goes to)."""
+    return repo_id.strip().replace("/", "--")
+
+
+def list_entries(family: Family) -> list[str]:
+    """Folders and files under every ``models/<family>/`` folder (for the loader's combo)."""
+    out: list[str] = []
+    for root in runtime.family_dirs(family.name):
+        if root.is_dir():
+            out.extend(sorted(p.name for p in root.iterdir() if not p.name.startswith(".")))
+    return out
+
+
+def missing_files(family: Family, folder: Path) -> list[str]:
+    return [f for f in family.files if not (folder / f).is_file()]
+
+
+def _expected_layout(family: Family, folder: Optional[Path] = None) -> str:
+    root = runtime.family_dirs(family.name)[0]
+    target = folder or root / repo_folder_name(family.default_repo)
+    lines = "\n".join(f"    {target / f}" for f in family.files)
+    return (f"{family.display_name} needs these files:\n{lines}\n"
+            f"Download them from https://huggingface.co/{family.default_repo} and put them under "
+            f"{root}/<any folder name>/, or give an explicit path.")
+
+
+def _check_complete(family: Family, folder: Path, how: str) -> Path:
+    if not folder.exists():
+        raise WeightsError(f"{how} {folder} does not exist.\n" + _expected_layout(family, folder))
+    if folder.is_file():
+        raise WeightsError(f"{how} {folder} is a file; {family.display_name} weights are a folder.\n"
+                           + _expected_layout(family, folder))
+    missing = missing_files(family, folder)
+    if missing:
+        raise WeightsError(f"{how} {folder} is missing {len(missing)} file(s): {', '.join(missing)}.\n"
+                           + _expected_layout(family, folder))
+    return folder
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def resolve(family: Family, entry: str = AUTO, path: str = "", repo_id: str = "",
+            allow_download: bool = True) -> Path:
+    """Return the folder holding a complete set of ``family`` weights (see module doc).
+
+    ``allow_download=False`` never touches the network (the demo uses it to decide
+    between real and smoke weights).
+    """
+    if entry and entry != AUTO:
+        for root in runtime.family_dirs(family.name):
+            if (root / entry).exists():
+                return _check_complete(family, root / entry, f"weights entry '{entry}':")
+        raise WeightsError(f"weights entry '{entry}' is not under any of "
+                           f"{[str(r) for r in runtime.family_dirs(family.name)]}.\n" + _expected_layout(family))
+    if path and path.strip():
+        return _check_complete(family, Path(path.strip()).expanduser(), "path")
+    repo = (repo_id or family.default_repo).strip()
+    roots = runtime.family_dirs(family.name)
+    for root in roots:
+        candidate = root / repo_folder_name(repo)
+        if candidate.is_dir() and not missing_files(family, candidate):
+            return candidate
+    # A single complete folder under models/<family>/ is taken as the default.
+    complete = [root / e for root in roots if root.is_dir() for e in sorted(os.listdir(root))
+                if (root / e).is_dir() and not missing_files(family, root / e)]
+    if len(complete) == 1 and repo == family.default_repo:
+        return complete[0]
+    target = roots[0] / repo_folder_name(repo)
+    if _offline() or not allow_download:
+        raise WeightsError("offline (HF_HUB_OFFLINE=1) and no weights found.\n" + _expected_layout(family, target))
+    try:
+        from huggingface_hub import snapshot_download
+        snapshot_download(repo_id=repo, local_dir=str(target), allow_patterns=list(family.files))
+    except Exception as exc:  # no network, no such repo, gated, ...
+        raise WeightsError(f"could not download '{repo}' ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
+                           + _expected_layout(family, target)) from exc
+    return _check_complete(family, target, f"downloaded '{repo}' into")
+
+
+def is_smoke(folder: Path) -> bool:
+    return (folder / SMOKE_MARKER).is_file()
+
+
+# --------------------------------------------------------------------------- reading files
+def read_json(path: Path, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise WeightsError(f"{what}: {path} is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise WeightsError(f"{what}: {path} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise WeightsError(f"{what}: {path} should hold a JSON object")
+    return data
+
+
+def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Read a ``.safetensors`` file, or a ``.pt/.pth/.bin`` with ``weights_only=True``.
+
+    A truncated or corrupt file, or a pickle that needs arbitrary code, gives a
+    :class:`WeightsError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{what}: {path} is missing")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise WeightsError(f"{what}: {path} is not a readable safetensors file "
+                               f"(truncated or corrupt? {type(exc).__name__}: {exc})") from None
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsError(f"{what}: {path} could not be read as a weights-only torch checkpoint "
+                           f"(truncated, corrupt, or it needs unsafe unpickling: {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+        raise WeightsError(f"{what}: {path} does not hold a flat dict of tensors")
+    return dict(data)
+
+
+def _preview(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(keys[:n])
+    return shown + (f", ... (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def check_state_dict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Require an exact key and shape match between ``state`` and ``module``.
+
+    The error names missing keys, unexpected keys and shape differences, which is how
+    a checkpoint of another model is recognised.
+    """
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong_shape:
+        parts = [f"{what}: the checkpoint does not match the network"]
+        if missing:
+            parts.append(f"{len(missing)} missing key(s): {_preview(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s): {_preview(unexpected)}")
+        if wrong_shape:
+            parts.append("shape mismatch: " + _preview(
+                [f"{k} {list(state[k].shape)} vs {list(expected[k].shape)}" for k in wrong_shape], 3))
+        parts.append("Is this a checkpoint of a different model, or a config.json from another release?")
+        raise WeightsError("\n  ".join(parts))
+
+
+def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> torch.nn.Module:
+    """Load ``state`` into ``module`` after :func:`check_state_dict`.
+
+    ``module`` may live on the meta device (built without allocating); its tensors are
+    then replaced by the checkpoint's (``assign=True``).
+    """
+    check_state_dict(module, state, what)
+    on_meta = any(t.is_meta for t in module.state_dict().values())
+    module.load_state_dict(state, strict=True, assign=on_meta)
+    leftovers = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise WeightsError(f"{what}: tensors were never filled: {_preview(leftovers)}")
+    return module
