@@ -83,7 +83,8 @@ def load_gvm(folder: Path, device: torch.device, dtype: torch.dtype) -> families
     sched_cfg = read_json(folder / "scheduler/scheduler_config.json", "GVM scheduler config")
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(sched_cfg)
     for module in (unet, vae):
-        module.to(dtype=dtype).eval().requires_grad_(False)
+        # nn.Module.to: diffusers' override warns about fp32-only modules that these networks do not have
+        torch.nn.Module.to(module, dtype=dtype).eval().requires_grad_(False)
     return families.ModelHandle(family="gvm", source=folder, modules={"unet": unet, "vae": vae},
                                 device=device, dtype=dtype, extra={"scheduler": scheduler},
                                 is_smoke=is_smoke(folder))
@@ -182,4 +183,7 @@ GVM_FAMILY = families.register(families.Family(
     licence=LICENCE,
     load=load_gvm,
     write_smoke=write_smoke_gvm,
+    # Smoke networks on a CPU: the same procedure at a smaller working resolution.
+    smoke_overrides={node: {"size": 256, "max_resolution": 456}
+                     for node in ("CVS_GVMMatte", "CVS_GVMMatteVideoFile")},
 ))

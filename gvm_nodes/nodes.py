@@ -175,7 +175,7 @@ class CVS_GVMMatteVideoFile:
 
     @classmethod
     def INPUT_TYPES(cls):
-        formats = list(video_io.FORMATS)
+        formats = list(video_io.FORMATS)  # all of them, so saved workflows load anywhere; missing encoders error
         return {
             "required": {
                 "model": ("CVS_MODEL", {"tooltip": "GVM model from 'CVS Model Loader' (family gvm)."}),
@@ -205,19 +205,20 @@ class CVS_GVMMatteVideoFile:
             info = video_io.probe(path)
         except video_io.VideoError as exc:
             raise NodeInputError(node, "video", str(exc), "a readable video file with at least one frame") from None
-        if format not in video_io.FORMATS:
-            raise NodeInputError(node, "format", f"is '{format}'", f"one of {list(video_io.FORMATS)}")
+        available = [name for name, spec in video_io.FORMATS.items() if spec.available]
+        if format not in available:
+            raise NodeInputError(node, "format", f"is '{format}', which this PyAV/FFmpeg build cannot write",
+                                 f"one of {available}")
         bg = _background(node, background_color, background) if write_composite else None
         s = _settings(node, settings)
         matter = _matter(node, model, s)
         total = min(info.frame_count, max_frames) if max_frames else info.frame_count
         has_alpha = video_io.FORMATS[format].alpha
         ext = video_io.FORMATS[format].extension
-        out_paths = {"alpha": video_io.next_output_path(f"{filename_prefix}_alpha", ext)}
-        if write_foreground:
-            out_paths["foreground"] = video_io.next_output_path(f"{filename_prefix}_foreground", ext)
-        if write_composite:
-            out_paths["composite"] = video_io.next_output_path(f"{filename_prefix}_composite", ext)
+        base = video_io.next_output_path(filename_prefix, ext)  # one counter for all files of this run
+        kinds = ["alpha"] + ["foreground"] * write_foreground + ["composite"] * write_composite
+        out_paths = {k: base.with_name(f"{base.name[:len(base.name) - len(base.suffix)]}_{k}{base.suffix}")
+                     for k in kinds}
         w, h, fps = info.width, info.height, info.frame_rate
         frames = video_io.read_frames(path, max_frames=max_frames)
         count = 0

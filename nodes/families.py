@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -45,7 +45,10 @@ class Family:
 
     ``files``: paths (relative to the weights folder) that the official release has and
     the loader needs; ``load(folder, device, dtype) -> ModelHandle``;
-    ``write_smoke(folder)`` writes tiny random weights in the same layout.
+    ``write_smoke(folder)`` writes tiny random weights in the same layout;
+    ``smoke_overrides``: ``{node class id: {input: value}}`` applied (and announced) by the
+    demo and the integration test when they fall back to smoke weights, to keep a CPU run
+    short, e.g. a lower working resolution. Never applied to real weights.
     """
 
     name: str
@@ -55,6 +58,7 @@ class Family:
     licence: str
     load: Callable[[Path, torch.device, torch.dtype], ModelHandle]
     write_smoke: Callable[[Path], None]
+    smoke_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 _FAMILIES: dict[str, Family] = {}

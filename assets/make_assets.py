@@ -1,0 +1,146 @@
+"""Regenerate the bundled sample assets (deterministic; run from anywhere).
+
+``cvs_sample.mp4``: a synthetic matting clip, 48 frames, 320x180, exactly 30000/1001 fps,
+H.264. A textured landscape pans slowly while a figure (soft-edged head and body, with
+thin hair strands that sway) walks across it. :func:`render_clip` also returns the
+ground-truth alpha, so tests can score a matte against it without storing it.
+
+``cvs_background.png``: a different 320x180 scene (sunset over the sea) to composite onto.
+
+The pixels are deterministic; the H.264 bytes may differ between runs because x264's
+multi-threaded encoder is not bit-exact.
+
+    python assets/make_assets.py
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+WIDTH, HEIGHT, FRAMES = 320, 180, 48
+FRAME_RATE = Fraction(30000, 1001)
+SUPERSAMPLE = 4  # the figure is drawn at 4x and averaged down, for anti-aliased alpha
+HERE = Path(__file__).resolve().parent
+
+
+def _smooth_noise(rng: np.random.Generator, width: int, height: int, cells: int) -> np.ndarray:
+    """Value noise ``[height, width]`` in 0..1: a coarse random grid, bicubically enlarged."""
+    grid = rng.random((max(2, height * cells // width), cells)).astype(np.float32)
+    image = Image.fromarray(grid, mode="F").resize((width, height), Image.Resampling.BICUBIC)
+    return np.clip(np.asarray(image), 0, 1)
+
+
+def _landscape(rng: np.random.Generator, width: int) -> np.ndarray:
+    """A panoramic ``[HEIGHT, width, 3]`` scene: sky, hills, textured meadow, fence posts."""
+    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None]
+    x = np.arange(width, dtype=np.float32)[None, :]
+    sky = np.stack([0.45 + 0.3 * y, 0.65 + 0.2 * y, 0.95 - 0.1 * y], -1) * np.ones((1, width, 1), np.float32)
+    clouds = _smooth_noise(rng, width, HEIGHT, 24)[..., None]
+    scene = sky + 0.25 * np.clip(clouds - 0.5, 0, 1)
+    ridge = 0.45 + 0.06 * np.sin(x / 37.0) + 0.03 * np.sin(x / 11.0 + 1.3)
+    hills = (y > ridge)[..., None]
+    scene = np.where(hills, np.array([0.30, 0.45, 0.35], np.float32), scene)
+    meadow = y > 0.62 + 0.02 * np.sin(x / 53.0)
+    grass = _smooth_noise(rng, width, HEIGHT, width // 6)
+    scene = np.where(meadow[..., None], np.stack([0.25 + 0.2 * grass, 0.5 + 0.25 * grass, 0.15 + 0.1 * grass], -1),
+                     scene)
+    posts = (np.abs((x % 64) - 32) < 2) & (y > 0.55) & (y < 0.8)
+    scene = np.where(posts[..., None], np.array([0.4, 0.28, 0.18], np.float32), scene)
+    return np.clip(scene, 0, 1)
+
+
+def _figure(t: int, rng_seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """Colour ``[H,W,3]`` and alpha ``[H,W]`` of the walking figure in frame ``t``."""
+    s = SUPERSAMPLE
+    cx = 70 + 180 * t / (FRAMES - 1)
+    cy = 70 + 4 * np.sin(t / 3.0)
+    yy, xx = np.mgrid[0:HEIGHT * s, 0:WIDTH * s].astype(np.float32) / s + 0.5 / s
+    feather = 1.5  # soft edge width in pixels
+
+    def soft(distance: np.ndarray) -> np.ndarray:  # signed distance (px, <0 inside) to coverage
+        return np.clip(0.5 - distance / feather, 0, 1)
+
+    head = soft(np.hypot(xx - cx, yy - cy) - 20)
+    torso_r = np.hypot((xx - cx) / 32, (yy - (cy + 80)) / 62)
+    torso = soft((torso_r - 1) * 32)
+    hair = np.zeros_like(head)
+    rng = np.random.default_rng(rng_seed)
+    for angle in np.linspace(-2.6, -0.55, 34):
+        root = np.array([cx + 19 * np.cos(angle), cy + 19 * np.sin(angle)])
+        direction = np.array([np.cos(angle), np.sin(angle)])
+        normal = np.array([-direction[1], direction[0]])
+        length, phase = rng.uniform(14, 30), rng.uniform(0, 2 * np.pi)
+        u = np.linspace(0, 1, int(length * s * 3))[:, None]
+        sway = 3.0 * u ** 1.5 * np.sin(2.5 * u * np.pi + phase + t / 4.0)
+        points = root + u * length * direction + sway * normal
+        cols = np.clip((points[:, 0] * s).astype(int), 0, WIDTH * s - 2)
+        rows = np.clip((points[:, 1] * s).astype(int), 0, HEIGHT * s - 2)
+        for dr in (0, 1):
+            for dc in (0, 1):
+                hair[rows + dr, cols + dc] = 1.0
+    colours = (
+        (torso, np.array([0.15, 0.25, 0.75], np.float32)),
+        (head, np.array([0.9, 0.7, 0.55], np.float32)),
+        (hair, np.array([0.3, 0.17, 0.07], np.float32)),
+    )
+    alpha = np.zeros_like(head)
+    colour = np.zeros(head.shape + (3,), np.float32)
+    for coverage, rgb in colours:  # paint back to front
+        colour = colour * (1 - coverage[..., None]) + rgb * coverage[..., None]
+        alpha = alpha + coverage * (1 - alpha)
+
+    def pool(a: np.ndarray) -> np.ndarray:
+        return a.reshape(HEIGHT, s, WIDTH, s, *a.shape[2:]).mean(axis=(1, 3))
+
+    alpha_low = pool(alpha)
+    colour_low = pool(colour) / np.maximum(alpha_low[..., None], 1e-6)  # un-premultiply
+    return np.clip(colour_low, 0, 1), alpha_low
+
+
+def render_clip() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sample clip: composited frames ``[48,180,320,3]``, the figure's colour
+    ``[48,180,320,3]`` and its ground-truth alpha ``[48,180,320]``, all float32 0..1."""
+    rng = np.random.default_rng(5)
+    pan = 1  # pixels per frame
+    panorama = _landscape(rng, WIDTH + pan * FRAMES)
+    frames, colours, alphas = [], [], []
+    for t in range(FRAMES):
+        background = panorama[:, pan * t: pan * t + WIDTH]
+        colour, alpha = _figure(t)
+        frames.append(colour * alpha[..., None] + background * (1 - alpha[..., None]))
+        colours.append(colour)
+        alphas.append(alpha)
+    return tuple(torch.from_numpy(np.stack(a).astype(np.float32)) for a in (frames, colours, alphas))
+
+
+def render_backdrop() -> torch.Tensor:
+    """The compositing background ``[180,320,3]`` float32: a sunset over the sea."""
+    y = np.linspace(0, 1, HEIGHT, dtype=np.float32)[:, None, None]
+    x = np.linspace(0, 1, WIDTH, dtype=np.float32)[None, :, None]
+    sky = np.array([0.95, 0.55, 0.3], np.float32) * (1 - y) + np.array([0.5, 0.2, 0.4], np.float32) * y
+    sun = np.clip(1.2 - np.hypot((x - 0.65) * 16 / 9, y - 0.42) * 12, 0, 1)
+    scene = sky + sun * np.array([0.3, 0.35, 0.2], np.float32)
+    sea = (y > 0.5) * np.ones_like(x)
+    waves = 0.04 * np.sin(x * 90 + y * 400) * (y - 0.5)
+    scene = np.where(sea > 0, np.array([0.15, 0.2, 0.4], np.float32) + waves + 0.25 * sun, scene)
+    return torch.from_numpy(np.clip(scene, 0, 1).astype(np.float32))
+
+
+def main() -> None:
+    from consistent_video.nodes.video_io import VideoWriter
+
+    frames, _, _ = render_clip()
+    with VideoWriter(HERE / "cvs_sample.mp4", FRAME_RATE, "h264-mp4", WIDTH, HEIGHT, quality=20) as writer:
+        writer.write(frames)
+    pixels = (render_backdrop().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(HERE / "cvs_background.png", optimize=True)
+    for name in ("cvs_sample.mp4", "cvs_background.png"):
+        print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
+
+
+if __name__ == "__main__":
+    main()

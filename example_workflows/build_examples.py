@@ -1,0 +1,99 @@
+"""Writes the example workflows (UI format, as ComfyUI saves them) from compact API specs,
+and their thumbnails.
+
+    python example_workflows/build_examples.py
+
+Widgets not named here take the node's default, so the files follow the node
+definitions. Thumbnails illustrate what a workflow does with the sample clip's
+ground-truth matte (``assets/make_assets.py``): they are not model outputs. ComfyUI lists the resulting ``*.json`` under Workflow > Browse Templates;
+``tests/test_examples.py`` checks that the committed files equal what this writes.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "gvm"}, "_meta": {"title": "Load GVM"}}
+SAMPLE = {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_sample.mp4"}, "_meta": {"title": "Load video"}}
+
+EXAMPLES = {
+    # Matte a clip: soft alpha as a grey video, and the foreground with alpha as a WebM.
+    "gvm_matte_video": {
+        "1": LOADER,
+        "2": SAMPLE,
+        "3": {"class_type": "CVS_GVMMatte", "inputs": {"model": ["1", 0], "images": ["2", 0]},
+              "_meta": {"title": "GVM matte"}},
+        "4": {"class_type": "CVS_SaveVideo",
+              "inputs": {"mask": ["3", 0], "fps": ["2", 3], "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/gvm_alpha"},
+              "_meta": {"title": "Save alpha matte"}},
+        "5": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["3", 1], "mask": ["3", 0], "fps": ["2", 3], "format": "vp9-webm",
+                         "filename_prefix": "ConsistentVideo/gvm_foreground"},
+              "_meta": {"title": "Save foreground with alpha"}},
+    },
+    # Matte and composite over a new background image.
+    "gvm_composite_background": {
+        "1": LOADER,
+        "2": SAMPLE,
+        "3": {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_background.png"},
+              "_meta": {"title": "Load background"}},
+        "4": {"class_type": "CVS_GVMMatte",
+              "inputs": {"model": ["1", 0], "images": ["2", 0], "background": ["3", 0]},
+              "_meta": {"title": "GVM matte + composite"}},
+        "5": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["4", 2], "fps": ["2", 3], "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/gvm_composite"},
+              "_meta": {"title": "Save composite"}},
+    },
+    # Long videos: file to file, streaming (memory bounded by the window, not the length).
+    "gvm_matte_long_video_file": {
+        "1": LOADER,
+        "2": {"class_type": "CVS_GVMMatteVideoFile",
+              "inputs": {"model": ["1", 0], "video": "cvs_sample.mp4", "format": "prores4444-mov",
+                         "write_foreground": True, "write_composite": True,
+                         "filename_prefix": "ConsistentVideo/gvm_file"},
+              "_meta": {"title": "GVM matte video file"}},
+    },
+}
+
+
+def build() -> dict[str, dict]:
+    """The UI-format workflows by file stem."""
+    from consistent_video import NODE_CLASS_MAPPINGS
+    from consistent_video.nodes.workflow_format import api_to_ui
+    return {name: api_to_ui(prompt, NODE_CLASS_MAPPINGS) for name, prompt in EXAMPLES.items()}
+
+
+def thumbnails() -> dict[str, "torch.Tensor"]:
+    """``[H,W,3]`` pictures by file stem: input frame | what the workflow produces."""
+    import sys
+    import torch
+    sys.path.insert(0, str(HERE.parent / "assets"))
+    from make_assets import render_backdrop, render_clip
+    frames, colours, alphas = render_clip()
+    t = 24
+    frame, colour, alpha = frames[t], colours[t], alphas[t, ..., None]
+    checker = ((torch.arange(180)[:, None] // 12 + torch.arange(320)[None] // 12) % 2).float()
+    checker = (0.55 + 0.3 * checker)[..., None].expand(-1, -1, 3)
+    over = {"gvm_matte_video": alpha.expand(-1, -1, 3),
+            "gvm_composite_background": alpha * colour + (1 - alpha) * render_backdrop(),
+            "gvm_matte_long_video_file": alpha * colour + (1 - alpha) * checker}
+    return {name: torch.cat([frame, torch.ones(180, 4, 3), right], dim=1) for name, right in over.items()}
+
+
+def main() -> None:
+    from PIL import Image
+    pictures = thumbnails()
+    for name, workflow in build().items():
+        path = HERE / f"{name}.json"
+        path.write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")
+        pixels = (pictures[name].clamp(0, 1) * 255).round().byte().numpy()
+        Image.fromarray(pixels).save(HERE / f"{name}.jpg", quality=90)
+        print(f"wrote {path} and its .jpg thumbnail")
+
+
+if __name__ == "__main__":
+    main()
