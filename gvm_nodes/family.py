@@ -184,6 +184,6 @@ GVM_FAMILY = families.register(families.Family(
     load=load_gvm,
     write_smoke=write_smoke_gvm,
     # Smoke networks on a CPU: the same procedure at a smaller working resolution.
-    smoke_overrides={node: {"size": 256, "max_resolution": 456}
+    smoke_overrides={node: {"size": 128, "max_resolution": 228}
                      for node in ("CVS_GVMMatte", "CVS_GVMMatteVideoFile")},
 ))

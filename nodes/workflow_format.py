@@ -1,0 +1,360 @@
+"""The two workflow formats and conversion between them.
+
+*API prompt* (what ComfyUI's ``/prompt`` takes, what the runner executes)::
+
+    {"<id>": {"class_type": "CVS_X", "inputs": {name: literal | [source_id, output_slot]},
+              "_meta": {"title": "..."}}}
+
+Any list value is a link. *UI workflow* (what the editor saves, version 0.4): top-level
+``nodes`` and ``links``; each node has ``id``, ``type``, ``mode``, ``inputs``
+(``{name, type, link}``), ``outputs`` and positional ``widgets_values``; each link is
+``[link_id, from_node, from_slot, to_node, to_slot, type]``.
+
+Mapping ``widgets_values`` to input names needs the node definitions (``INPUT_TYPES``),
+so both conversions take the node classes.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+"""Values of the extra ``control_after_generate`` widget the editor adds after a seed."""
+SEED_NAMES = ("seed", "noise_seed")
+UI_ONLY_TYPES = ("Note", "MarkdownNote")
+MUTED, BYPASSED = 2, 4
+_WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+_ABSENT = object()
+
+
+class WorkflowError(ValueError):
+    """A workflow that cannot be converted, validated or run; the message says where."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One entry of a node's ``INPUT_TYPES()`` (required or optional section)."""
+
+    name: str
+    type: Any  # a type string, or the list of choices of a combo
+    options: dict
+    required: bool
+
+    @property
+    def choices(self) -> Optional[list]:
+        """The allowed values of a combo input, else ``None``."""
+        if isinstance(self.type, (list, tuple)):
+            return list(self.type)
+        if self.type == "COMBO":
+            return list(self.options.get("options", []))
+        return None
+
+    @property
+    def type_name(self) -> str:
+        return "COMBO" if self.choices is not None else str(self.type)
+
+    @property
+    def is_widget(self) -> bool:
+        """Whether the editor shows this input as a widget (a value in ``widgets_values``)."""
+        if self.options.get("forceInput"):
+            return False
+        return self.choices is not None or self.type in _WIDGET_TYPES
+
+    @property
+    def has_control(self) -> bool:
+        """Whether the editor adds a ``control_after_generate`` widget after this one."""
+        return self.is_widget and bool(
+            self.options.get("control_after_generate") or (self.type == "INT" and self.name in SEED_NAMES))
+
+    def default(self) -> Any:
+        """The value the editor starts a widget with."""
+        if "default" in self.options:
+            return self.options["default"]
+        if self.choices is not None:
+            return self.choices[0] if self.choices else ""
+        return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(self.type)
+
+
+def input_specs(cls: type) -> list[InputSpec]:
+    """The inputs of a node class, required then optional, in declaration order."""
+    sections = cls.INPUT_TYPES()
+    specs = []
+    for section in ("required", "optional"):
+        for name, spec in (sections.get(section) or {}).items():
+            spec = tuple(spec)
+            specs.append(InputSpec(name, spec[0], dict(spec[1]) if len(spec) > 1 else {}, section == "required"))
+    return specs
+
+
+def types_match(output_type: Any, input_type: Any) -> bool:
+    """ComfyUI's link rule: ``*`` matches anything, otherwise the comma-separated sets overlap.
+
+    A combo input (a list of choices) accepts ``COMBO`` outputs.
+    """
+    if isinstance(input_type, (list, tuple)):
+        input_type = "COMBO"
+    if isinstance(output_type, (list, tuple)):
+        output_type = "COMBO"
+    if output_type == "*" or input_type == "*" or output_type == input_type:
+        return True
+    return bool({t.strip() for t in str(output_type).split(",")} & {t.strip() for t in str(input_type).split(",")})
+
+
+def node_label(node_id: str, node: Mapping) -> str:
+    """``node #4 'My title' (CVS_X)`` for messages (the title only when it says more)."""
+    class_type = node.get("class_type", "?")
+    title = (node.get("_meta") or {}).get("title")
+    named = f" '{title}'" if title and title != class_type else ""
+    return f"node #{node_id}{named} ({class_type})"
+
+
+# --------------------------------------------------------------------------- loading
+def is_ui_format(data: Mapping) -> bool:
+    return isinstance(data.get("nodes"), list) and "links" in data
+
+
+def load_workflow(source: str | os.PathLike | Mapping, node_classes: Optional[Mapping[str, type]] = None) -> dict:
+    """Read a workflow (a file path or an already parsed dict) and return an API prompt.
+
+    UI-format workflows are converted with :func:`ui_to_api` using ``node_classes``
+    (default: the pack's ``NODE_CLASS_MAPPINGS``); API prompts are normalised (string
+    ids, ``[str id, int slot]`` links, a ``_meta.title`` on every node). Always returns
+    a new dict, so callers may edit it.
+    """
+    if isinstance(source, Mapping):
+        data = source
+    else:
+        path = Path(source)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise WorkflowError(f"workflow file {path} does not exist") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise WorkflowError(f"workflow file {path} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise WorkflowError(f"workflow file {path} does not hold a JSON object")
+    if is_ui_format(data):
+        return ui_to_api(data, package_nodes() if node_classes is None else node_classes)
+    return normalize_api(data)
+
+
+def package_nodes() -> Mapping[str, type]:
+    """The pack's registered node classes."""
+    from .. import NODE_CLASS_MAPPINGS
+    return NODE_CLASS_MAPPINGS
+
+
+def normalize_api(prompt: Mapping) -> dict:
+    """A checked copy of an API prompt with string ids, ``[str, int]`` links and titles."""
+    out = {}
+    for node_id, node in prompt.items():
+        if not isinstance(node, Mapping) or not isinstance(node.get("class_type"), str):
+            raise WorkflowError(f"node #{node_id} has no class_type; is this an API prompt or a UI workflow?")
+        inputs = {}
+        for name, value in (node.get("inputs") or {}).items():
+            if isinstance(value, list):
+                if len(value) != 2 or not isinstance(value[1], int) or isinstance(value[1], bool):
+                    raise WorkflowError(f"{node_label(node_id, node)}: input '{name}' is a bad link {value}; "
+                                        "expected [node_id, output_slot]")
+                value = [str(value[0]), value[1]]
+            inputs[name] = value
+        meta = dict(node.get("_meta") or {})
+        meta.setdefault("title", node["class_type"])
+        out[str(node_id)] = {"class_type": node["class_type"], "inputs": inputs, "_meta": meta}
+    return out
+
+
+# --------------------------------------------------------------------------- UI -> API
+def _parse_links(raw_links: list) -> dict:
+    """``{link_id: (from_node, from_slot, to_node, to_slot, type)}`` from list or dict links."""
+    links = {}
+    for link in raw_links or []:
+        if isinstance(link, Mapping):
+            link = [link["id"], link["origin_id"], link["origin_slot"], link["target_id"], link["target_slot"],
+                    link.get("type")]
+        links[link[0]] = tuple(link[1:6])
+    return links
+
+
+def _widget_values(node: Mapping, specs: list[InputSpec]) -> dict:
+    """Map a UI node's ``widgets_values`` (a list, or a dict by name) onto its widget inputs."""
+    values = node.get("widgets_values")
+    widgets = [s for s in specs if s.is_widget]
+    if isinstance(values, Mapping):
+        return {s.name: values[s.name] for s in widgets if s.name in values}
+    out, i = {}, 0
+    values = values or []
+    for spec in widgets:
+        if i >= len(values):
+            break
+        out[spec.name] = values[i]
+        i += 1
+        if spec.has_control and i < len(values) and values[i] in CONTROL_VALUES:
+            i += 1
+    return out
+
+
+class _UIGraph:
+    """A UI workflow with its links, resolving what feeds each input."""
+
+    def __init__(self, workflow: Mapping):
+        self.nodes = {node["id"]: node for node in workflow["nodes"]}
+        self.links = _parse_links(workflow["links"])
+
+    def source(self, link_id: Any, seen: frozenset = frozenset()) -> Any:
+        """What an input fed by ``link_id`` receives: a ``[id, slot]`` link, a literal
+        (from a PrimitiveNode) or ``_ABSENT`` (muted or missing source, empty Reroute or bypass)."""
+        if link_id in seen:
+            raise WorkflowError(f"link {link_id} is part of a loop of Reroute/bypassed nodes")
+        seen = seen | {link_id}
+        from_id, from_slot, _, _, link_type = self.links.get(link_id, (None,) * 5)
+        origin = self.nodes.get(from_id)
+        if origin is None or origin.get("mode", 0) == MUTED:  # a stale link counts as unlinked, as in the editor
+            return _ABSENT
+        if origin["type"] == "Reroute":
+            upstream = (origin.get("inputs") or [{}])[0].get("link")
+            return _ABSENT if upstream is None else self.source(upstream, seen)
+        if origin["type"] == "PrimitiveNode":
+            values = origin.get("widgets_values") or []
+            if not values:
+                raise WorkflowError(f"PrimitiveNode #{from_id} has no value")
+            return values[0]
+        if origin.get("mode", 0) == BYPASSED:
+            outputs = origin.get("outputs") or []
+            out_type = outputs[from_slot].get("type", link_type) if from_slot < len(outputs) else link_type
+            for inp in origin.get("inputs") or []:
+                if inp.get("link") is not None and types_match(out_type, inp.get("type", "*")):
+                    return self.source(inp["link"], seen)
+            return _ABSENT
+        return [str(from_id), from_slot]
+
+
+def ui_to_api(workflow: Mapping, node_classes: Mapping[str, type]) -> dict:
+    """Convert a UI workflow into an API prompt (see the module doc for both formats).
+
+    Notes are dropped, Reroutes followed, PrimitiveNode values copied into their targets,
+    muted nodes (mode 2) dropped, bypassed nodes (mode 4) passed through (each output
+    takes the node's first linked input of a matching type). ``widgets_values`` map onto
+    the widget inputs in required-then-optional order, skipping the
+    ``control_after_generate`` value after seed-like inputs; a linked widget takes the link.
+    """
+    subgraphs = {sg.get("id") for sg in (workflow.get("definitions") or {}).get("subgraphs") or []}
+    graph = _UIGraph(workflow)
+    prompt = {}
+    for node_id, node in graph.nodes.items():
+        node_type = node.get("type")
+        if node_type in UI_ONLY_TYPES + ("Reroute", "PrimitiveNode") or node.get("mode", 0) in (MUTED, BYPASSED):
+            continue
+        if node_type in subgraphs:
+            raise WorkflowError(f"node #{node_id} is a subgraph; subgraphs are not supported here, "
+                                "unpack it in ComfyUI (right-click > Unpack Subgraph) and save again")
+        cls = node_classes.get(node_type)
+        if cls is None:
+            raise WorkflowError(f"node #{node_id} has unknown type '{node_type}': it is not a node of this pack "
+                                f"(known: {', '.join(sorted(node_classes)) or 'none'})")
+        inputs = _widget_values(node, input_specs(cls))
+        for slot in node.get("inputs") or []:
+            if slot.get("link") is None:
+                continue
+            value = graph.source(slot["link"])
+            if value is not _ABSENT:
+                inputs[(slot.get("widget") or {}).get("name", slot["name"])] = value
+        prompt[str(node_id)] = {"class_type": node_type, "inputs": inputs,
+                                "_meta": {"title": node.get("title") or node_type}}
+    return prompt
+
+
+# --------------------------------------------------------------------------- API -> UI
+_COLUMN_WIDTH, _NODE_WIDTH, _ROW_HEIGHT, _GAP = 420, 340, 26, 40
+
+
+def _depths(prompt: Mapping) -> dict:
+    """Longest distance of every node from a node without linked inputs."""
+    depths: dict = {}
+
+    def depth(node_id: str, stack: tuple = ()) -> int:
+        if node_id not in depths:
+            if node_id in stack:
+                raise WorkflowError(f"the workflow has a cycle through node #{node_id}")
+            sources = [v[0] for v in prompt[node_id]["inputs"].values() if isinstance(v, list) and v[0] in prompt]
+            depths[node_id] = 1 + max((depth(s, stack + (node_id,)) for s in sources), default=-1)
+        return depths[node_id]
+
+    for node_id in prompt:
+        depth(node_id)
+    return depths
+
+
+def api_to_ui(prompt: Mapping, node_defs: Mapping[str, type]) -> dict:
+    """Build a UI workflow (version 0.4) from an API prompt, laid out left to right by depth.
+
+    Node ids are kept when they are all numeric, else numbered from 1. Widget inputs
+    that are linked, or absent from the prompt, get their default in ``widgets_values``;
+    seed-like widgets are followed by a ``"fixed"`` control value.
+    ``load_workflow(api_to_ui(p, defs), defs) == load_workflow(p)`` for a prompt that
+    sets every widget input.
+    """
+    prompt = normalize_api(prompt)
+    numeric = all(i.isdigit() for i in prompt)
+    ui_ids = {i: int(i) if numeric else n for n, i in enumerate(prompt, 1)}
+    depths = _depths(prompt)
+    nodes, links, outputs_of = [], [], defaultdict(lambda: defaultdict(list))
+    column_y: dict = defaultdict(lambda: 50)
+    for node_id in sorted(prompt, key=lambda i: (depths[i], ui_ids[i])):
+        node = prompt[node_id]
+        cls = node_defs.get(node["class_type"])
+        if cls is None:
+            raise WorkflowError(f"{node_label(node_id, node)}: unknown node type")
+        specs = input_specs(cls)
+        unknown = set(node["inputs"]) - {s.name for s in specs}
+        if unknown:
+            raise WorkflowError(f"{node_label(node_id, node)}: unknown input(s) {sorted(unknown)}")
+        ui_inputs, widgets_values = [], []
+        for spec in specs:
+            value = node["inputs"].get(spec.name, _ABSENT)
+            linked = isinstance(value, list)
+            if spec.is_widget:
+                widgets_values.append(spec.default() if linked or value is _ABSENT else value)
+                if spec.has_control:
+                    widgets_values.append("fixed")
+            if linked or not spec.is_widget:
+                link_id = None
+                if linked:
+                    src, slot = value
+                    if src not in prompt:
+                        raise WorkflowError(f"{node_label(node_id, node)}: input '{spec.name}' links to "
+                                            f"node #{src}, which is not in the workflow")
+                    link_id = len(links) + 1
+                    src_type = node_defs[prompt[src]["class_type"]].RETURN_TYPES[slot]
+                    src_type = "COMBO" if isinstance(src_type, (list, tuple)) else src_type
+                    links.append([link_id, ui_ids[src], slot, ui_ids[node_id], len(ui_inputs), src_type])
+                    outputs_of[src][slot].append(link_id)
+                entry = {"name": spec.name, "type": spec.type_name, "link": link_id}
+                if spec.is_widget:
+                    entry["widget"] = {"name": spec.name}
+                ui_inputs.append(entry)
+        rows = max(len(ui_inputs), len(cls.RETURN_TYPES)) + len(widgets_values)
+        height = 30 + _ROW_HEIGHT * rows
+        ui_node = {"id": ui_ids[node_id], "type": node["class_type"],
+                   "pos": [50 + _COLUMN_WIDTH * depths[node_id], column_y[depths[node_id]]],
+                   "size": [_NODE_WIDTH, height], "flags": {}, "order": len(nodes), "mode": 0,
+                   "inputs": ui_inputs, "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
+                   "widgets_values": widgets_values}
+        if node["_meta"]["title"] != node["class_type"]:
+            ui_node["title"] = node["_meta"]["title"]
+        column_y[depths[node_id]] += height + _GAP
+        nodes.append((node_id, ui_node))
+    for node_id, ui_node in nodes:
+        cls = node_defs[prompt[node_id]["class_type"]]
+        names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+        for slot, out_type in enumerate(cls.RETURN_TYPES):
+            out_type = "COMBO" if isinstance(out_type, (list, tuple)) else out_type
+            ui_node["outputs"].append({"name": names[slot], "type": out_type,
+                                       "links": outputs_of[node_id][slot], "slot_index": slot})
+    return {"last_node_id": max(ui_ids.values(), default=0), "last_link_id": len(links),
+            "nodes": [n for _, n in nodes], "links": links, "groups": [], "config": {}, "extra": {},
+            "version": 0.4}

@@ -1,0 +1,68 @@
+"""The V1 node contract for every registered node, and the example workflows."""
+import json
+from pathlib import Path
+
+import pytest
+
+import consistent_video
+from consistent_video.nodes.runner import load_workflow
+from consistent_video.nodes.workflow_format import input_specs, is_ui_format
+
+NODES = consistent_video.NODE_CLASS_MAPPINGS
+EXAMPLES = Path(consistent_video.__file__).parent / "example_workflows"
+HIDDEN_KINDS = {"UNIQUE_ID", "PROMPT", "EXTRA_PNGINFO", "DYNPROMPT"}
+
+
+def test_pack_registers_nodes_with_display_names():
+    assert NODES, "the pack registers no nodes"
+    assert "CVS_ModelLoader" in NODES
+    assert set(consistent_video.NODE_DISPLAY_NAME_MAPPINGS) == set(NODES)
+
+
+@pytest.mark.parametrize("node_id", sorted(NODES))
+def test_node_contract(node_id):
+    cls = NODES[node_id]
+    assert node_id.startswith("CVS_")
+    assert consistent_video.NODE_DISPLAY_NAME_MAPPINGS.get(node_id), "no display name"
+    sections = cls.INPUT_TYPES()
+    assert isinstance(sections, dict) and "required" in sections
+    assert set(sections) <= {"required", "optional", "hidden"}, f"unknown sections {set(sections)}"
+    for section in ("required", "optional"):
+        for name, spec in (sections.get(section) or {}).items():
+            assert isinstance(spec, tuple) and len(spec) == 2, f"input '{name}' is not (type, options)"
+            kind, options = spec
+            assert isinstance(kind, (str, list)) and isinstance(options, dict), f"input '{name}'"
+            assert isinstance(options.get("tooltip"), str) and options["tooltip"].strip(), f"input '{name}' has no tooltip"
+    assert set((sections.get("hidden") or {}).values()) <= HIDDEN_KINDS
+    assert isinstance(cls.RETURN_TYPES, tuple) and all(isinstance(t, str) for t in cls.RETURN_TYPES)
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES)
+    if hasattr(cls, "OUTPUT_TOOLTIPS"):
+        assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES)
+    assert callable(getattr(cls, cls.FUNCTION, None)), f"FUNCTION '{cls.FUNCTION}' is not a method"
+    assert cls.CATEGORY.startswith("Consistent Video/")
+    assert isinstance(cls.DESCRIPTION, str) and cls.DESCRIPTION.strip()
+
+
+@pytest.mark.parametrize("node_id", sorted(NODES))
+def test_defaults_are_valid(node_id):
+    for spec in input_specs(NODES[node_id]):
+        if "default" not in spec.options:
+            continue
+        default = spec.options["default"]
+        if spec.type in ("INT", "FLOAT"):
+            assert spec.options.get("min", default) <= default <= spec.options.get("max", default), spec.name
+        if spec.choices is not None:
+            assert default in spec.choices, f"default of '{spec.name}' is not one of its choices"
+
+
+def test_there_are_example_workflows():
+    assert sorted(EXAMPLES.glob("*.json")), f"no example workflows in {EXAMPLES}"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.json")), ids=lambda p: p.name)
+def test_example_workflow_converts_with_registered_nodes(path):
+    workflow = json.loads(path.read_text(encoding="utf-8"))
+    assert is_ui_format(workflow), "example workflows are saved in the UI format"
+    prompt = load_workflow(workflow, NODES)
+    assert prompt and {n["class_type"] for n in prompt.values()} <= set(NODES)
+    assert path.with_suffix(".jpg").is_file(), f"{path.name} has no thumbnail {path.with_suffix('.jpg').name}"
