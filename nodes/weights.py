@@ -10,7 +10,6 @@ network is filled; otherwise the error names the missing and unexpected keys.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Mapping, Optional
@@ -19,6 +18,7 @@ import torch
 
 from . import runtime
 from .families import SMOKE_MARKER, Family
+from .jsonfile import read_json_object
 
 AUTO = "auto"
 
@@ -115,16 +115,7 @@ def is_smoke(folder: Path) -> bool:
 
 # --------------------------------------------------------------------------- reading files
 def read_json(path: Path, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise WeightsError(f"{what}: {path} is missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise WeightsError(f"{what}: {path} is not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise WeightsError(f"{what}: {path} should hold a JSON object")
-    return data
+    return read_json_object(path, what, WeightsError)
 
 
 def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:

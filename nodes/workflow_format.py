@@ -15,12 +15,12 @@ so both conversions take the node classes.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Mapping, Optional
+
+from .jsonfile import read_json_object
 
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 """Values of the extra ``control_after_generate`` widget the editor adds after a seed."""
@@ -128,15 +128,7 @@ def load_workflow(source: str | os.PathLike | Mapping, node_classes: Optional[Ma
     if isinstance(source, Mapping):
         data = source
     else:
-        path = Path(source)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise WorkflowError(f"workflow file {path} does not exist") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise WorkflowError(f"workflow file {path} is not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise WorkflowError(f"workflow file {path} does not hold a JSON object")
+        data = read_json_object(source, "workflow file", WorkflowError)
     if is_ui_format(data):
         return ui_to_api(data, package_nodes() if node_classes is None else node_classes)
     return normalize_api(data)

@@ -41,11 +41,10 @@ STARTUP_TIMEOUT = 180.0
 SMOKE_WEIGHTS_TIMEOUT = 600.0
 WORKFLOW_TIMEOUT = float(os.environ.get("CVS_COMFYUI_WORKFLOW_TIMEOUT", "900"))
 LOG_TAIL_LINES = 120
-# The server runs on the CPU. Examples keep their graph and every setting except the
-# working resolution, cut to this where a node of the pack has these inputs: at the
-# saved 720 px an example takes minutes on 2 CPU cores (the sample clip is 320x180,
-# 48 frames), at 64 px seconds. CVS_COMFYUI_FULL_SIZE=1 runs them as saved.
-CPU_WORK_SIZE = {"size": 64, "max_resolution": 128}
+# The server runs on the CPU. Examples keep their graph and every setting except those
+# the model family's `smoke_overrides` name (a smaller working resolution, as in the
+# demo): at the saved 720 px an example takes minutes on 2 CPU cores.
+# CVS_COMFYUI_FULL_SIZE=1 runs them as saved.
 FULL_SIZE = os.environ.get("CVS_COMFYUI_FULL_SIZE", "") not in ("", "0")
 
 
@@ -354,10 +353,12 @@ def _set_ints(prompt: dict, object_info: dict, values: dict) -> list[str]:
 
 def _api_prompt(path: Path, comfy: ComfyServer, work: Optional[dict] = None) -> dict:
     """The example as an API prompt (the pack's own converter) with its loaders on the
-    smoke weights and the working resolution of CPU_WORK_SIZE (plus ``work``)."""
+    smoke weights, each family's ``smoke_overrides`` applied (as the demo does), plus ``work``."""
+    from consistent_video.nodes import families
     from consistent_video.nodes.runner import load_workflow
 
     prompt = load_workflow(path)
+    smoke_families = set()
     for node_id, node in prompt.items():
         if node["class_type"] != LOADER:
             continue
@@ -369,7 +370,14 @@ def _api_prompt(path: Path, comfy: ComfyServer, work: Optional[dict] = None) -> 
         inputs["weights"] = comfy.smoke_entries[family]
         if "path" in inputs:
             inputs["path"] = ""
-    _set_ints(prompt, comfy.object_info(), {**({} if FULL_SIZE else CPU_WORK_SIZE), **(work or {})})
+        smoke_families.add(family)
+    if not FULL_SIZE:
+        for node in prompt.values():
+            for family in smoke_families:
+                for name, value in families.get(family).smoke_overrides.get(node["class_type"], {}).items():
+                    if name in node["inputs"] and not isinstance(node["inputs"][name], list):
+                        node["inputs"][name] = value
+    _set_ints(prompt, comfy.object_info(), work or {})
     return prompt
 
 
