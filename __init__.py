@@ -5,11 +5,11 @@ ComfyUI imports this file from ``custom_nodes/<any folder name>/`` and reads
 same folder to the package ``consistent_video`` (``python -m consistent_video ...``).
 Every import below is relative, so both names work.
 """
-from .nodes import loader_nodes, video_nodes
+from .nodes import camera_nodes, loader_nodes, video_nodes
 from . import gvm_nodes  # registers the GVM model family
 from .gvm_nodes import nodes as gvm_node_defs
 
-_NODE_MODULES = (loader_nodes, video_nodes, gvm_node_defs)
+_NODE_MODULES = (loader_nodes, video_nodes, camera_nodes, gvm_node_defs)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}
