@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -215,12 +216,30 @@ class CVS_GVMMatteVideoFile:
         total = min(info.frame_count, max_frames) if max_frames else info.frame_count
         has_alpha = video_io.FORMATS[format].alpha
         ext = video_io.FORMATS[format].extension
-        base = video_io.next_output_path(filename_prefix, ext)  # one counter for all files of this run
+        try:
+            base = video_io.next_output_path(filename_prefix, ext)  # one counter for all files of this run
+        except ValueError as exc:
+            raise NodeInputError(node, "filename_prefix", str(exc)) from None
+        stem, suffix = (base.name[: -len(ext) - 1], f".{ext}") if ext else (base.name, "")
         kinds = ["alpha"] + ["foreground"] * write_foreground + ["composite"] * write_composite
-        out_paths = {k: base.with_name(f"{base.name[:len(base.name) - len(base.suffix)]}_{k}{base.suffix}")
-                     for k in kinds}
+        out_paths = {k: base.with_name(f"{stem}_{k}{suffix}") for k in kinds}
         w, h, fps = info.width, info.height, info.frame_rate
         frames = video_io.read_frames(path, max_frames=max_frames)
+        try:
+            count = self._stream(frames, matter, s, total, out_paths, fps, format, w, h, has_alpha, bg)
+        except BaseException:  # cancelled or failed: leave no half-written files behind
+            for written in out_paths.values():
+                shutil.rmtree(written, ignore_errors=True) if written.is_dir() else written.unlink(missing_ok=True)
+            raise
+        if count == 0:
+            raise NodeInputError(node, "video", f"{path} decoded to zero frames", "a video with at least one frame")
+        files = [str(Path(p).resolve()) for p in out_paths.values()]
+        ui = {"images": [video_io.ui_entry(p) for p in out_paths.values()], "animated": [True]}
+        return {"ui": ui, "result": ("\n".join(files), count)}
+
+    @staticmethod
+    def _stream(frames, matter, s, total, out_paths, fps, format, w, h, has_alpha, bg) -> int:
+        """Matte ``frames`` into the writers of ``out_paths``; return the frame count."""
         count = 0
         with runtime.Progress(window_count(total, s.frames_per_window, s.overlap), "GVM windows") as bar, \
                 video_io.VideoWriter(out_paths["alpha"], fps, format, w, h) as alpha_out, \
@@ -237,11 +256,7 @@ class CVS_GVMMatteVideoFile:
                     if comp_out is not None:
                         comp_out.write(composite(fg, alpha[None], bg, first=count)[0])
                 count += 1
-        if count == 0:
-            raise NodeInputError(node, "video", f"{path} decoded to zero frames", "a video with at least one frame")
-        files = [str(Path(p).resolve()) for p in out_paths.values()]
-        ui = {"images": [video_io.ui_entry(p) for p in out_paths.values()], "animated": [True]}
-        return {"ui": ui, "result": ("\n".join(files), count)}
+        return count
 
 
 def _optional_writer(path, fps, format, width, height, alpha):

@@ -160,7 +160,12 @@ def offload_device() -> torch.device:
 
 
 class _Patchers:
-    """ModelPatchers created lazily, one per module (kept on the module itself)."""
+    """ModelPatchers created lazily, one per module, kept on the module itself.
+
+    ComfyUI's ``LoadedModel`` holds only weak references and reports a leak when a
+    module outlives its patcher, so the patcher must live exactly as long as the module:
+    storing it on the module does that (the module <-> patcher cycle is intended).
+    """
 
     ATTR = "_cvs_model_patcher"
 

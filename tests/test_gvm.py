@@ -406,3 +406,60 @@ def test_cancel_stops_matting(handle):
             CVS_GVMMatte().matte(handle, images, False, "#000000", **SMALL)
     finally:
         runtime.clear_interrupt()
+
+
+# ----------------------------------------------------------------------------- file to file
+FILE_ARGS = dict(max_frames=0, format="png-sequence", write_foreground=True, write_composite=True,
+                 background_color="#000000", filename_prefix="gvm/test.clip", **SMALL)
+
+
+def test_file_node_streams_every_frame(handle, tmp_path):
+    from consistent_video.gvm_nodes.nodes import CVS_GVMMatteVideoFile
+    from consistent_video.nodes import video_io
+    runtime.configure_standalone(output=tmp_path / "out")
+    clip = tmp_path / "clip.mp4"
+    with video_io.VideoWriter(clip, "30000/1001", "h264-mp4", 48, 32) as out:
+        out.write(torch.rand(11, 32, 48, 3, generator=torch.Generator().manual_seed(7)))
+    result = CVS_GVMMatteVideoFile().run(handle, str(clip), **FILE_ARGS)
+    paths = result["result"][0].splitlines()
+    assert result["result"][1] == 11 and len(paths) == 3
+    assert [Path(p).name for p in paths] == ["test.clip_00001_alpha", "test.clip_00001_foreground",
+                                             "test.clip_00001_composite"]
+    for p in paths:
+        info = video_io.probe(p)
+        assert (info.frame_count, info.width, info.height) == (11, 48, 32)
+        assert info.frame_rate == video_io.parse_fps("30000/1001")
+    assert video_io.probe(paths[1]).has_alpha
+
+
+def test_file_node_bad_input_and_cancel_leave_nothing(handle, tmp_path, monkeypatch):
+    from consistent_video.gvm_nodes.nodes import CVS_GVMMatteVideoFile
+    from consistent_video.nodes import video_io
+    runtime.configure_standalone(output=tmp_path / "out")
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video")
+    with pytest.raises(NodeInputError, match="CVS GVM Matte Video File: input 'video'"):
+        CVS_GVMMatteVideoFile().run(handle, str(text), **FILE_ARGS)
+    with pytest.raises(NodeInputError, match="input 'filename_prefix'"):
+        CVS_GVMMatteVideoFile().run(handle, "cvs_sample.mp4", **{**FILE_ARGS, "filename_prefix": "../x"})
+    clip = tmp_path / "clip.mp4"
+    with video_io.VideoWriter(clip, 25, "h264-mp4", 32, 32) as out:
+        out.write(torch.rand(9, 32, 32, 3))
+    calls = []
+    original = GVMMatter.matte_window
+
+    def cancel_in_third_window(self, frames):
+        calls.append(1)
+        if len(calls) == 3:  # frames of the first windows are already written by now
+            runtime.request_interrupt()
+        return original(self, frames)
+
+    monkeypatch.setattr(GVMMatter, "matte_window", cancel_in_third_window)
+    try:
+        with pytest.raises(runtime.Interrupted):
+            CVS_GVMMatteVideoFile().run(handle, str(clip), **{**FILE_ARGS, "frames_per_window": 2, "overlap": 0,
+                                                              "format": "h264-mp4"})
+    finally:
+        runtime.clear_interrupt()
+    assert len(calls) == 3
+    assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
