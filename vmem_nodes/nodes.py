@@ -1,0 +1,459 @@
+"""VMem surfel-memory nodes: create/load a named memory, add frames, retrieve, undo, preview.
+
+A memory bank is NAMED and lives in one file, ``<output>/cvs_memory/<name>.safetensors``
+(the format of :meth:`~.memory.SurfelMemory.save`), so every queue run continues the same
+walk and a restart loses nothing. Between nodes it travels as a :class:`MemoryBank`
+(type ``CVS_SURFEL_MEMORY``): the name and the file, not the data. A node that changes the
+memory changes its in-process copy of the file (read again whenever the file changed) and
+saves atomically only after everything succeeded; a failed or cancelled run leaves the file
+exactly as it was and drops the changed copy. Every node re-runs
+on every queue (the file is the state), so chain the memory output from node to node to
+fix their order.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..nodes import camera_preview, runtime
+from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, unproject
+from ..nodes.errors import NodeInputError, check_image, check_mask, describe
+from ..nodes.families import ModelHandle
+from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
+from .memory import MemoryFileError, SurfelMemory
+from .pointmaps import DepthModelProvider, Pointmaps
+from .retrieval import RetrievalSettings
+from .surfel_index import MergeSettings
+from .surfels import SurfelInputError, SurfelSettings
+
+log = logging.getLogger("consistent_video")
+
+CATEGORY = "Consistent Video/VMem"
+MEMORY_TYPE = "CVS_SURFEL_MEMORY"
+FOLDER = "cvs_memory"
+EXTENSION = ".safetensors"
+DEPTH_CHUNK = 4  # frames per depth-model batch
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class MemoryBank:
+    """A named surfel memory on disk (what ``CVS_SURFEL_MEMORY`` carries between nodes)."""
+
+    name: str
+    path: Path
+
+    def __repr__(self) -> str:
+        return f"<CVS surfel memory '{self.name}' at {self.path}>"
+
+
+def bank_path(name: str) -> Path:
+    """``<output>/cvs_memory/<name>.safetensors``."""
+    return runtime.output_dir() / FOLDER / f"{name}{EXTENSION}"
+
+
+def _check_bank(node: str, value) -> MemoryBank:
+    if not isinstance(value, MemoryBank):
+        raise NodeInputError(node, "memory", f"got {describe(value)}",
+                             f"a {MEMORY_TYPE} from 'CVS Surfel Memory'")
+    return value
+
+
+# The memory last read or written per file, with the file's identity then: a chain of memory
+# nodes reads the file once, not once per node. The file stays the truth: an entry is used
+# only while the file is unchanged, and a node that fails after changing an entry drops it.
+_CACHE: dict[Path, tuple[tuple, SurfelMemory]] = {}
+
+
+def _identity(path: Path) -> Optional[tuple]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size  # each atomic save makes a new inode
+
+
+def _read(path: Path) -> SurfelMemory:
+    """The memory as the file at ``path`` holds it (:class:`MemoryFileError` if unreadable)."""
+    identity = _identity(path)
+    cached = _CACHE.get(path)
+    if identity is not None and cached is not None and cached[0] == identity:
+        return cached[1]
+    memory = SurfelMemory.load(path)
+    _CACHE[path] = (identity, memory)
+    return memory
+
+
+def _load(node: str, bank: MemoryBank) -> SurfelMemory:
+    try:
+        return _read(bank.path)
+    except MemoryFileError as exc:
+        raise NodeInputError(node, "memory", f"cannot be read: {exc}",
+                             "a memory file written by 'CVS Surfel Memory' (turn on 'reset' there to start anew)"
+                             ) from None
+
+
+@contextmanager
+def _changing(node: str, bank: MemoryBank):
+    """Yield the bank's memory to change and save; if anything fails (or is cancelled), the
+    changed copy is dropped, so the next node reads the unchanged file again."""
+    memory = _load(node, bank)
+    try:
+        yield memory
+    except BaseException:
+        _CACHE.pop(bank.path, None)
+        raise
+    _CACHE[bank.path] = (_identity(bank.path), memory)
+
+
+def _input_error(node: str, exc: SurfelInputError, names: dict[str, str]) -> NodeInputError:
+    """A core validation error as a node error naming the node's input."""
+    return NodeInputError(node, names.get(exc.argument, exc.argument), exc.problem, exc.expected)
+
+
+def _summary(memory: SurfelMemory) -> str:
+    return f"{memory.num_frames} frames in {memory.num_steps} steps, {memory.num_surfels} surfels"
+
+
+def _always_rerun(cls, **_):
+    return float("nan")  # the state is the file: never reuse a cached result
+
+
+# --------------------------------------------------------------------------- create / load
+_S, _M = SurfelSettings(), MergeSettings()
+
+
+class CVS_SurfelMemory:
+    DISPLAY_NAME = "CVS Surfel Memory"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Creates or continues a named VMem surfel memory: the views of a walk anchored to the surface "
+                   "elements (surfels) they saw. It lives in output/cvs_memory/<name>.safetensors, so every queue "
+                   "run continues the same walk and a restart loses nothing. Surfel settings are fixed when the "
+                   "memory is created; 'reset' starts it anew (the old file is kept as <name>.previous).")
+    RETURN_TYPES = (MEMORY_TYPE, "STRING")
+    RETURN_NAMES = ("memory", "info")
+    OUTPUT_TOOLTIPS = ("The named memory; chain it through the memory nodes in the order they should run.",
+                       "What the memory holds.")
+    FUNCTION = "open"
+    IS_CHANGED = classmethod(_always_rerun)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "name": ("STRING", {"default": "walk", "tooltip": "Name of the memory (letters, digits, '_', '-', '.'). "
+                                                              "Same name = same memory across runs and restarts."}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory, replacing the stored one "
+                                  "(kept as <name>.previous). Turn it off again after one run: the node runs on "
+                                  "every queue."}),
+            "grid_size": ("INT", {"default": _S.grid_size, "min": 2, "max": 512, "tooltip":
+                          "Surfels per frame on the longer image side (VMem: 25, about 475 per frame)."}),
+            "max_depth_quantile": ("FLOAT", {"default": _S.max_depth_quantile, "min": 0.001, "max": 1.0,
+                                   "step": 0.001, "tooltip": "Drop each frame's farthest points above this depth "
+                                                             "quantile (sky, outliers). 1 keeps all."}),
+            "radius_scale": ("FLOAT", {"default": _S.radius_scale, "min": 0.001, "max": 100.0, "step": 0.01,
+                             "tooltip": "Surfel disk radius relative to the pixel footprint (VMem: 0.5)."}),
+            "normal_threshold": ("FLOAT", {"default": _M.normal_threshold, "min": -1.0, "max": 1.01, "step": 0.01,
+                                 "tooltip": "New surfels merge into nearby ones whose normals agree by at least "
+                                            "this cosine (VMem: 0.6); above 1 never merges."}),
+        }}
+
+    def open(self, name, reset, grid_size, max_depth_quantile, radius_scale, normal_threshold):
+        node = self.DISPLAY_NAME
+        name = str(name).strip()
+        if not _NAME.match(name) or name.endswith(".previous"):
+            raise NodeInputError(node, "name", f"is '{name}'", "1-128 letters, digits, '_', '-' or '.', starting "
+                                 "with a letter or digit (no folders)")
+        surfel = dataclasses.replace(_S, grid_size=grid_size, max_depth_quantile=max_depth_quantile,
+                                     radius_scale=radius_scale)
+        merge = dataclasses.replace(_M, normal_threshold=normal_threshold)
+        try:
+            surfel.validate()
+            merge.validate()
+        except SurfelInputError as exc:
+            raise _input_error(node, exc, {}) from None
+        bank = MemoryBank(name, bank_path(name))
+        if bank.path.is_file() and not reset:
+            try:
+                memory = _read(bank.path)
+            except MemoryFileError as exc:
+                raise NodeInputError(node, "name", f"refers to a memory that cannot be read: {exc}",
+                                     "a readable memory, or 'reset' on to start anew (the file is kept as "
+                                     f"{name}.previous{EXTENSION})") from None
+            info = f"memory '{name}': {_summary(memory)}"
+            if (memory.surfel_settings, memory.merge_settings.normal_threshold) != (surfel, normal_threshold):
+                info += "; it keeps the settings it was created with (turn on 'reset' to apply new ones)"
+                log.warning("%s: %s", node, info)
+            return bank, info
+        if bank.path.is_file():
+            shutil.copy2(bank.path, bank.path.with_name(f"{name}.previous{EXTENSION}"))
+        SurfelMemory(surfel, merge).save(bank.path)
+        return bank, f"memory '{name}': new and empty ({bank.path})"
+
+
+# --------------------------------------------------------------------------- add frames
+def _pointmaps_from_depth(depth: torch.Tensor, confidence: torch.Tensor, cameras: CameraBatch) -> Pointmaps:
+    """Pointmaps of z-depth maps ``[N,H,W]`` (0 = no geometry) seen by ``cameras``."""
+    valid = depth > 0
+    points = unproject(torch.where(valid, depth, torch.ones_like(depth)), cameras.to("cpu"))
+    return Pointmaps(points, torch.where(valid, depth, torch.zeros_like(depth)), confidence * valid)
+
+
+class CVS_SurfelMemoryAddFrames:
+    DISPLAY_NAME = "CVS Surfel Memory Add Frames"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Memorises frames (one step) in a surfel memory: their geometry comes from a depth map per frame "
+                   "or from a Depth Anything V2 model (scaled to what the memory already holds), their cameras place "
+                   "it in the world, and the images are stored for retrieval. The memory file is saved only when "
+                   "everything succeeded; a failed or cancelled run leaves it unchanged. Runs on every queue.")
+    RETURN_TYPES = (MEMORY_TYPE, "STRING")
+    RETURN_NAMES = ("memory", "report")
+    OUTPUT_TOOLTIPS = ("The memory, with the frames added and saved.", "Frames and surfels added.")
+    FUNCTION = "add"
+    IS_CHANGED = classmethod(_always_rerun)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "memory": (MEMORY_TYPE, {"tooltip": "The memory from 'CVS Surfel Memory' or a previous "
+                                                    "memory node."}),
+                "images": ("IMAGE", {"tooltip": "The frames to memorise [frames, height, width, 3]; the same size "
+                                                "for the whole memory."}),
+                "cameras": (CAMERA_TYPE, {"tooltip": "One camera per frame (OpenCV camera-to-world in the memory's "
+                                                     "world)."}),
+                "min_confidence": ("FLOAT", {"default": _S.min_confidence, "min": 0.0, "max": 1.0, "step": 0.01,
+                                   "tooltip": "Pixels whose confidence is below this make no surfels (confidence "
+                                              "is 1 where there is depth unless a confidence mask is given)."}),
+            },
+            "optional": {
+                "depth": ("MASK", {"tooltip": "Z-depth per pixel in scene units [frames, height, width], same size "
+                                              "as the images; 0 = no geometry. Takes precedence over depth_model."}),
+                "depth_model": ("CVS_MODEL", {"tooltip": "A Depth Anything V2 model from 'CVS Model Loader' (family "
+                                              "depth_anything_v2), used when no depth is connected."}),
+                "confidence": ("MASK", {"tooltip": "Optional per-pixel confidence 0..1, same size as the images."}),
+            },
+        }
+
+    def add(self, memory, images, cameras, min_confidence, depth=None, depth_model=None, confidence=None):
+        node = self.DISPLAY_NAME
+        bank = _check_bank(node, memory)
+        images = check_image(node, "images", images)
+        n, height, width = images.shape[:3]
+        cams = check_cameras(node, "cameras", cameras, count=n)
+        if depth is None and depth_model is None:
+            raise NodeInputError(node, "depth", "and 'depth_model' are both unconnected",
+                                 "a depth MASK or a Depth Anything V2 model")
+        frame_shape = f"[{n}, {height}, {width}] like 'images'"
+        if depth is not None:
+            depth = check_mask(node, "depth", depth).float().cpu()
+            if tuple(depth.shape) != (n, height, width):
+                raise NodeInputError(node, "depth", f"has shape {list(depth.shape)}", frame_shape)
+            if not torch.isfinite(depth).all():
+                raise NodeInputError(node, "depth", "has NaN or infinite values", "finite z-depth (0 = no geometry)")
+        elif not isinstance(depth_model, ModelHandle) or depth_model.family != DEPTH_FAMILY:
+            got = f"a '{depth_model.family}' model" if isinstance(depth_model, ModelHandle) else describe(depth_model)
+            raise NodeInputError(node, "depth_model", f"got {got}",
+                                 f"a model from 'CVS Model Loader' with family '{DEPTH_FAMILY}'")
+        if confidence is not None:
+            confidence = check_mask(node, "confidence", confidence).float().cpu()
+            if tuple(confidence.shape) != (n, height, width):
+                raise NodeInputError(node, "confidence", f"has shape {list(confidence.shape)}", frame_shape)
+            if not torch.isfinite(confidence).all():
+                raise NodeInputError(node, "confidence", "has NaN or infinite values", "values 0..1")
+        else:
+            confidence = torch.ones(n, height, width)
+
+        depth_steps = 0 if depth is not None else -(-n // DEPTH_CHUNK)
+        names = {"frames": "images", "points": "depth" if depth is not None else "depth_model",
+                 "estimator output": "depth_model"}
+        with _changing(node, bank) as store, runtime.Progress(depth_steps + 2, "surfel memory") as bar:
+            store.surfel_settings = dataclasses.replace(store.surfel_settings, min_confidence=min_confidence)
+            try:
+                if depth is not None:
+                    pointmaps = _pointmaps_from_depth(depth, confidence, cams)
+                else:
+                    if depth_model.is_smoke:
+                        log.warning("%s: depth from SMOKE weights (%s): the geometry is noise.", node,
+                                    depth_model.source)
+                    provider = DepthModelProvider(depth_estimator(depth_model, DEPTH_CHUNK, bar.update),
+                                                  output=output_kind(depth_model))
+                    pointmaps = provider(images, cams, store)
+                    pointmaps.confidence = pointmaps.confidence * confidence
+                bar.update()
+                report = store.add_frames(pointmaps, cams, images=images)
+            except SurfelInputError as exc:
+                raise _input_error(node, exc, names) from None
+            bar.update()  # the last Cancel point: after it the file is replaced
+            store.save(bank.path)
+        first, last = int(report.frames[0]), int(report.frames[-1])
+        text = (f"added frames {first}..{last} ({n}): {report.added} new surfels, {report.merged} merged into "
+                f"existing ones; memory '{bank.name}' now holds {_summary(store)}")
+        return bank, text
+
+
+# --------------------------------------------------------------------------- retrieve
+_R = RetrievalSettings()
+
+
+class CVS_SurfelMemoryRetrieve:
+    DISPLAY_NAME = "CVS Surfel Memory Retrieve"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Selects the memorised views that saw what the query cameras will see (VMem's surfel retrieval: "
+                   "render the surfels from the query, vote per frame, rank by pose distance, pick views with the "
+                   "optional diversity rule). Outputs their images, cameras and memory indices.")
+    RETURN_TYPES = ("IMAGE", CAMERA_TYPE, "STRING", "INT")
+    RETURN_NAMES = ("images", "cameras", "indices", "count")
+    OUTPUT_TOOLTIPS = ("The selected memorised frames, nearest first.", "Their cameras.",
+                       "Their frame indices in the memory, comma separated.", "How many views were selected.")
+    FUNCTION = "retrieve"
+    IS_CHANGED = classmethod(_always_rerun)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "memory": (MEMORY_TYPE, {"tooltip": "The memory to retrieve from."}),
+            "cameras": (CAMERA_TYPE, {"tooltip": "The query (target) cameras; the surfels are rendered from the "
+                                                 "mean pose of the last 'query_views' of them."}),
+            "top_k": ("INT", {"default": _R.num_views, "min": 1, "max": 256, "tooltip":
+                      "How many context views to select (fewer when the memory holds fewer frames)."}),
+            "extra_candidates": ("INT", {"default": _R.extra_candidates, "min": 0, "max": 1024, "tooltip":
+                                 "Candidate slots beyond top_k, shared among frames by their votes."}),
+            "use_nms": ("BOOLEAN", {"default": _R.use_nms, "tooltip": "Diversity rule: prefer candidates far in "
+                                    "pose from those already selected."}),
+            "nms_relax": ("FLOAT", {"default": _R.nms_relax, "min": 1.01, "max": 10.0, "step": 0.01, "tooltip":
+                          "With use_nms: the distance threshold is divided by this until enough views qualify."}),
+            "include_most_recent": ("BOOLEAN", {"default": _R.include_most_recent, "tooltip":
+                                    "Always include the most recently memorised frame."}),
+            "translation_weight": ("FLOAT", {"default": _R.translation_weight, "min": 0.0, "max": 100.0,
+                                   "step": 0.01, "tooltip": "Pose distance = this x translation + rotation angle "
+                                                            "(radians)."}),
+            "query_views": ("INT", {"default": _R.query_views, "min": 1, "max": 256, "tooltip":
+                            "The surfels are rendered from the mean pose of this many last query cameras."}),
+            "render_width": ("INT", {"default": _R.render_width, "min": 8, "max": 2048, "tooltip":
+                             "Width of the surfel render used for voting (larger = finer, slower)."}),
+        }}
+
+    def retrieve(self, memory, cameras, top_k, extra_candidates, use_nms, nms_relax, include_most_recent,
+                 translation_weight, query_views, render_width):
+        node = self.DISPLAY_NAME
+        bank = _check_bank(node, memory)
+        cams = check_cameras(node, "cameras", cameras)
+        settings = RetrievalSettings(num_views=top_k, extra_candidates=extra_candidates, use_nms=use_nms,
+                                     nms_relax=nms_relax, include_most_recent=include_most_recent,
+                                     translation_weight=translation_weight, query_views=query_views,
+                                     render_width=render_width)
+        store = _load(node, bank)
+        try:
+            settings.validate()
+            found = store.retrieve(cams, settings)
+        except SurfelInputError as exc:
+            raise _input_error(node, exc, {"num_views": "top_k", "memory": "memory"}) from None
+        if found.images is None:
+            raise NodeInputError(node, "memory", "stores no images", "a memory filled by 'CVS Surfel Memory Add "
+                                 "Frames'")
+        indices = [int(i) for i in found.indices]
+        return found.images, found.cameras, ",".join(map(str, indices)), len(indices)
+
+
+# --------------------------------------------------------------------------- undo
+class CVS_SurfelMemoryUndo:
+    DISPLAY_NAME = "CVS Surfel Memory Undo"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Removes the last step(s) added to a surfel memory, exactly, and saves it. It runs on every "
+                   "queue: bypass it after use, or each run undoes another step.")
+    RETURN_TYPES = (MEMORY_TYPE, "STRING")
+    RETURN_NAMES = ("memory", "report")
+    OUTPUT_TOOLTIPS = ("The memory with the steps removed (saved).", "What was removed.")
+    FUNCTION = "undo"
+    IS_CHANGED = classmethod(_always_rerun)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "memory": (MEMORY_TYPE, {"tooltip": "The memory to change."}),
+            "steps": ("INT", {"default": 1, "min": 1, "max": 10000, "tooltip": "How many of the last add steps to "
+                                                                              "remove."}),
+        }}
+
+    def undo(self, memory, steps):
+        node = self.DISPLAY_NAME
+        bank = _check_bank(node, memory)
+        with _changing(node, bank) as store:
+            removed = sum(store.undo() for _ in range(min(steps, store.num_steps)))
+            if removed:
+                store.save(bank.path)
+        return bank, f"removed {removed} frame(s); memory '{bank.name}' now holds {_summary(store)}"
+
+
+# --------------------------------------------------------------------------- preview
+def _even_subset(count: int, limit: int) -> Optional[torch.Tensor]:
+    return None if count <= limit else torch.linspace(0, count - 1, limit).round().long()
+
+
+class CVS_SurfelMemoryPreview:
+    DISPLAY_NAME = "CVS Surfel Memory Preview"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Draws the memory's surfels coloured by how many views saw them (dark blue = one, red = the "
+                   "most), with the memorised cameras or the cameras you connect.")
+    RETURN_TYPES = ("IMAGE", "STRING")
+    RETURN_NAMES = ("image", "info")
+    OUTPUT_TOOLTIPS = ("The preview [1, height, width, 3].", "What the memory holds.")
+    FUNCTION = "preview"
+    IS_CHANGED = classmethod(_always_rerun)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "memory": (MEMORY_TYPE, {"tooltip": "The memory to draw."}),
+                "view": (list(camera_preview.VIEWS), {"default": "top", "tooltip":
+                         "top: from above; perspective: from above, behind and to the right; front / side: "
+                         "orthographic along z / x."}),
+                "width": ("INT", {"default": 512, "min": 16, "max": 8192, "tooltip": "Preview width in pixels."}),
+                "height": ("INT", {"default": 512, "min": 16, "max": 8192, "tooltip": "Preview height in pixels."}),
+                "frustum_size": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01, "tooltip":
+                                 "Frustum depth in scene units; 0 = 8% of the scene's extent."}),
+                "max_points": ("INT", {"default": 50000, "min": 1, "max": 10_000_000, "tooltip":
+                               "At most this many surfels are drawn (an even subset)."}),
+            },
+            "optional": {
+                "cameras": (CAMERA_TYPE, {"tooltip": "Cameras to draw (e.g. the next targets); default: the "
+                                                     "memorised frames' cameras."}),
+            },
+        }
+
+    def preview(self, memory, view, width, height, frustum_size, max_points, cameras=None):
+        node = self.DISPLAY_NAME
+        bank = _check_bank(node, memory)
+        if view not in camera_preview.VIEWS:
+            raise NodeInputError(node, "view", f"is '{view}'", f"one of {', '.join(camera_preview.VIEWS)}")
+        if width < 16 or height < 16:
+            raise NodeInputError(node, "width" if width < 16 else "height", f"is {min(width, height)}", "at least 16")
+        store = _load(node, bank)
+        if cameras is not None:
+            cams = check_cameras(node, "cameras", cameras)
+        elif store.num_frames:
+            cams = store.cameras()
+        else:
+            cams = CameraBatch.identity(1)
+        points, colours, counts = store.preview()
+        pick = _even_subset(len(points), max_points)
+        if pick is not None:
+            points, colours = points[pick], colours[pick]
+        image = camera_preview.render_camera_preview(cams, width, height, view, frustum_size, points, colours)
+        most = int(counts.max()) if counts.numel() else 0
+        return image, f"memory '{bank.name}': {_summary(store)}; the most-seen surfel was seen by {most} frame(s)"
+
+
+_NODES = (CVS_SurfelMemory, CVS_SurfelMemoryAddFrames, CVS_SurfelMemoryRetrieve, CVS_SurfelMemoryUndo,
+          CVS_SurfelMemoryPreview)
+NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in _NODES}
+NODE_DISPLAY_NAME_MAPPINGS = {cls.__name__: cls.DISPLAY_NAME for cls in _NODES}
