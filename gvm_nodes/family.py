@@ -12,13 +12,13 @@ Layout of the release (Hugging Face ``geyongtao/gvm``)::
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, FlowMatchEulerDiscreteScheduler
 
 from ..nodes import families
+from ..nodes.jsonfile import write_json
 from ..nodes.weights import WeightsError, check_state_dict, is_smoke, load_strict, read_json, read_state_dict
 from .lora import LoraError, merge_lora
 from .model import GVMUNet
@@ -111,11 +111,6 @@ SMOKE_LORA_CONFIG = {
 }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def _randomise(module: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """State dict with every tensor redrawn (normal, std 0.05; norm weights near 1)."""
     state = {}
@@ -142,7 +137,7 @@ def write_smoke_gvm(folder: Path, seed: int = 0) -> None:
     unet = GVMUNet(**GVMUNet.config_from_release(SMOKE_UNET_CONFIG))
     unet_state = _randomise(unet, g)
     from safetensors.torch import save_file
-    _write_json(folder / "unet/config.json", {
+    write_json(folder / "unet/config.json", {
         "_class_name": _UNET_CLASS, "_diffusers_version": "0.35.0.dev0", "sample_size": None,
         "in_channels": 8, "out_channels": 4, **SMOKE_UNET_CONFIG,
         "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 768,
@@ -159,20 +154,18 @@ def write_smoke_gvm(folder: Path, seed: int = 0) -> None:
             b_shape = (module.out_channels, r, 1, 1)
         lora[f"model.{name}.lora_A.weight"] = torch.randn(a_shape, generator=g) * 0.05
         lora[f"model.{name}.lora_B.weight"] = torch.randn(b_shape, generator=g) * 0.05
-    _write_json(folder / "unet/adapter_config.json", SMOKE_LORA_CONFIG)
+    write_json(folder / "unet/adapter_config.json", SMOKE_LORA_CONFIG)
     torch.save(lora, str(folder / "unet/pytorch_lora_weights.pt"))
 
     vae = AutoencoderKLTemporalDecoder(**SMOKE_VAE_CONFIG)
-    _write_json(folder / "vae/config.json", {"_class_name": _VAE_CLASS, "_diffusers_version": "0.35.0.dev0",
+    write_json(folder / "vae/config.json", {"_class_name": _VAE_CLASS, "_diffusers_version": "0.35.0.dev0",
                                             **dict(vae.config)})
     save_file(_randomise(vae, g), str(folder / "vae/diffusion_pytorch_model.safetensors"))
 
-    _write_json(folder / "scheduler/scheduler_config.json", {
+    write_json(folder / "scheduler/scheduler_config.json", {
         "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.35.0.dev0",
         "num_train_timesteps": 1000, "shift": 1.0})
-    (folder / families.SMOKE_MARKER).write_text(
-        "Tiny random GVM weights written by `python -m consistent_video smoke-weights`.\n"
-        "They prove the plumbing, not quality: outputs made with them are noise.\n", encoding="utf-8")
+    families.mark_smoke(folder, "GVM")
 
 
 GVM_FAMILY = families.register(families.Family(

@@ -17,6 +17,13 @@ SMOKE_MARKER = "SMOKE_WEIGHTS.txt"
 """File written next to smoke weights; outputs made from such a folder say so."""
 
 
+def mark_smoke(folder: Path, what: str) -> None:
+    """Write :data:`SMOKE_MARKER` into ``folder``, naming ``what`` the weights are."""
+    (Path(folder) / SMOKE_MARKER).write_text(
+        f"Tiny random {what} weights written by `python -m consistent_video smoke-weights`.\n"
+        "They prove the plumbing, not quality: outputs made with them are noise.\n", encoding="utf-8")
+
+
 @dataclass
 class ModelHandle:
     """What the shared loader outputs (ComfyUI type ``CVS_MODEL``).

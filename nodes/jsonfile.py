@@ -1,4 +1,4 @@
-"""Reading JSON files that must hold an object, with errors that say which file and why."""
+"""JSON files: reading ones that must hold an object (errors say which file and why), writing them."""
 from __future__ import annotations
 
 import json
@@ -17,3 +17,10 @@ def read_json_object(path: str | Path, what: str, error: type[Exception] = Value
     if not isinstance(data, dict):
         raise error(f"{what}: {path} does not hold a JSON object")
     return data
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    """Write ``data`` as indented JSON (UTF-8, trailing newline), creating parent folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

@@ -12,7 +12,6 @@ callable that :class:`~.pointmaps.DepthModelProvider` expects.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..nodes import families, runtime
+from ..nodes.jsonfile import write_json
 from ..nodes.weights import WeightsError, is_smoke, load_strict, read_json, read_state_dict
 
 FAMILY = "depth_anything_v2"
@@ -128,11 +128,6 @@ SMOKE_PREPROCESSOR = {  # the official file's settings except the working size (
 }
 
 
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-
-
 def write_smoke_depth_anything(folder: Path, seed: int = 0) -> None:
     """Tiny random Depth Anything weights in the official layout (see module doc)."""
     from safetensors.torch import save_file
@@ -143,12 +138,10 @@ def write_smoke_depth_anything(folder: Path, seed: int = 0) -> None:
         model = DepthAnythingForDepthEstimation(DepthAnythingConfig.from_dict(SMOKE_CONFIG))
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     state["head.conv3.bias"] = torch.ones_like(state["head.conv3.bias"])  # positive disparity, not ReLU zeros
-    _write_json(folder / "config.json", SMOKE_CONFIG)
+    write_json(folder / "config.json", SMOKE_CONFIG)
     save_file(state, str(folder / "model.safetensors"))
-    _write_json(folder / "preprocessor_config.json", SMOKE_PREPROCESSOR)
-    (folder / families.SMOKE_MARKER).write_text(
-        "Tiny random Depth Anything V2 weights written by `python -m consistent_video smoke-weights`.\n"
-        "They prove the plumbing, not quality: depth made with them is noise.\n", encoding="utf-8")
+    write_json(folder / "preprocessor_config.json", SMOKE_PREPROCESSOR)
+    families.mark_smoke(folder, "Depth Anything V2")
 
 
 DEPTH_FAMILY = families.register(families.Family(
