@@ -9,8 +9,8 @@ from pathlib import Path
 import torch
 
 from ..nodes import runtime, video_io
-from ..nodes.errors import NodeInputError, check_image, check_mask, describe
-from ..nodes.families import ModelHandle
+from ..nodes.errors import NodeInputError, check_image, check_mask
+from ..nodes.families import check_model
 from .foreground import composite, estimate_foreground, parse_color
 from .pipeline import GVMMatter, MatteSettings, SettingError, apply_clamp, matte_frames, matte_stream, window_count
 
@@ -57,9 +57,7 @@ def _settings(node: str, values: dict) -> MatteSettings:
 
 
 def _matter(node: str, model, settings: MatteSettings) -> GVMMatter:
-    if not isinstance(model, ModelHandle) or model.family != "gvm":
-        got = f"a '{model.family}' model" if isinstance(model, ModelHandle) else describe(model)
-        raise NodeInputError(node, "model", f"got {got}", "a GVM model from 'CVS Model Loader' with family 'gvm'")
+    model = check_model(node, "model", model, "gvm")
     if model.is_smoke:
         log.warning("%s: running on SMOKE weights (%s): the matte is noise, not a result.", node, model.source)
     runtime.load_to_device(model.modules.values(), model.device)

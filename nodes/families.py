@@ -68,6 +68,16 @@ class Family:
     smoke_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
+def check_model(node: str, name: str, value, family: str) -> ModelHandle:
+    """Return ``value`` if it is a :class:`ModelHandle` of ``family``, else raise a
+    ``NodeInputError`` naming the node, the input and the family expected."""
+    from .errors import NodeInputError, describe
+    if isinstance(value, ModelHandle) and value.family == family:
+        return value
+    got = f"a '{value.family}' model" if isinstance(value, ModelHandle) else describe(value)
+    raise NodeInputError(node, name, f"got {got}", f"a model from 'CVS Model Loader' with family '{family}'")
+
+
 _FAMILIES: dict[str, Family] = {}
 
 

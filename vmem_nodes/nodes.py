@@ -26,7 +26,7 @@ import torch
 from ..nodes import camera_preview, runtime
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, unproject
 from ..nodes.errors import NodeInputError, check_image, check_mask, describe
-from ..nodes.families import ModelHandle
+from ..nodes.families import check_model
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .memory import MemoryFileError, SurfelMemory
 from .pointmaps import DepthModelProvider, Pointmaps
@@ -258,10 +258,8 @@ class CVS_SurfelMemoryAddFrames:
                 raise NodeInputError(node, "depth", f"has shape {list(depth.shape)}", frame_shape)
             if not torch.isfinite(depth).all():
                 raise NodeInputError(node, "depth", "has NaN or infinite values", "finite z-depth (0 = no geometry)")
-        elif not isinstance(depth_model, ModelHandle) or depth_model.family != DEPTH_FAMILY:
-            got = f"a '{depth_model.family}' model" if isinstance(depth_model, ModelHandle) else describe(depth_model)
-            raise NodeInputError(node, "depth_model", f"got {got}",
-                                 f"a model from 'CVS Model Loader' with family '{DEPTH_FAMILY}'")
+        else:
+            check_model(node, "depth_model", depth_model, DEPTH_FAMILY)
         if confidence is not None:
             confidence = check_mask(node, "confidence", confidence).float().cpu()
             if tuple(confidence.shape) != (n, height, width):
