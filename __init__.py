@@ -8,9 +8,10 @@ Every import below is relative, so both names work.
 from .nodes import camera_nodes, loader_nodes, video_nodes
 from . import gvm_nodes  # registers the GVM model family
 from .gvm_nodes import nodes as gvm_node_defs
-from .vmem_nodes import nodes as vmem_node_defs  # also registers the Depth Anything V2 family
+from .vmem_nodes import nodes as vmem_node_defs  # also registers the VMem, SEVA and Depth Anything families
+from .vmem_nodes import navigate_nodes as vmem_navigate_defs
 
-_NODE_MODULES = (loader_nodes, video_nodes, camera_nodes, gvm_node_defs, vmem_node_defs)
+_NODE_MODULES = (loader_nodes, video_nodes, camera_nodes, gvm_node_defs, vmem_node_defs, vmem_navigate_defs)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

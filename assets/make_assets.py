@@ -7,6 +7,8 @@ ground-truth alpha, so tests can score a matte against it without storing it.
 
 ``cvs_background.png``: a different 320x180 scene (sunset over the sea) to composite onto.
 
+``cvs_room.png``: a 320x180 room (:func:`render_room`), the starting image of the VMem walks.
+
 The pixels are deterministic; the H.264 bytes may differ between runs because x264's
 multi-threaded encoder is not bit-exact.
 
@@ -130,6 +132,43 @@ def render_backdrop() -> torch.Tensor:
     return torch.from_numpy(np.clip(scene, 0, 1).astype(np.float32))
 
 
+def render_room(width: int = WIDTH, height: int = HEIGHT, fov_deg: float = 54.0) -> torch.Tensor:
+    """A room ``[height,width,3]`` float32 seen from the origin looking along +z (OpenCV axes,
+    ``fov_deg`` across the width): checkered floor, coloured walls with a window, and a box.
+    The starting image of the VMem example walks."""
+    focal = 0.5 * width / np.tan(np.radians(fov_deg) / 2)
+    u = (np.arange(width, dtype=np.float64) + 0.5 - width / 2) / focal
+    v = (np.arange(height, dtype=np.float64) + 0.5 - height / 2) / focal
+    rays = np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((height, 1))), -1)
+    low, high = np.array([-2.5, -1.5, -3.0]), np.array([2.5, 1.0, 9.0])  # y down: floor at y = 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_far = np.where(rays > 0, high / rays, np.where(rays < 0, low / rays, np.inf)).min(-1)
+    hit = rays * t_far[..., None]
+    axis = np.argmin(np.abs(np.where(rays != 0, np.where(rays > 0, high / rays, low / rays), np.inf)
+                            - t_far[..., None]), -1)
+    colour = np.zeros((height, width, 3))
+    floor = (axis == 1) & (rays[..., 1] > 0)
+    checker = ((np.floor(hit[..., 0] * 2) + np.floor(hit[..., 2] * 2)) % 2)[..., None]
+    colour[floor] = (np.array([0.55, 0.42, 0.3]) * (0.75 + 0.25 * checker))[floor]
+    colour[(axis == 1) & ~floor] = [0.92, 0.92, 0.88]  # ceiling
+    back = (axis == 2) & (rays[..., 2] > 0)
+    colour[back] = [0.35, 0.55, 0.7]
+    window = back & (np.abs(hit[..., 0] - 0.8) < 0.9) & (hit[..., 1] > -1.0) & (hit[..., 1] < 0.0)
+    colour[window] = (np.array([0.75, 0.88, 1.0]) - 0.2 * (hit[..., 1:2] + 0.9))[window]
+    colour[(axis == 0) & (rays[..., 0] < 0)] = [0.75, 0.45, 0.35]  # left wall
+    colour[(axis == 0) & (rays[..., 0] > 0)] = [0.5, 0.65, 0.45]  # right wall
+    # a box standing on the floor, left of centre
+    b_low, b_high = np.array([-1.7, 0.2, 4.0]), np.array([-0.7, 1.0, 5.0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t1, t2 = b_low / rays, b_high / rays
+    t_in, t_out = np.nanmax(np.minimum(t1, t2), -1), np.nanmin(np.maximum(t1, t2), -1)
+    inside = (t_in <= t_out) & (t_in > 0) & (t_in < t_far)
+    shade = 0.7 + 0.3 * (np.abs(rays[..., 0]) / np.linalg.norm(rays, axis=-1))
+    colour[inside] = (np.array([0.85, 0.7, 0.2]) * shade[..., None])[inside]
+    light = 1.0 - 0.15 * np.clip(np.linalg.norm(hit, axis=-1) / 6.0, 0, 1)
+    return torch.from_numpy(np.clip(colour * light[..., None], 0, 1).astype(np.float32))
+
+
 def main() -> None:
     from consistent_video.nodes.video_io import VideoWriter
 
@@ -138,7 +177,9 @@ def main() -> None:
         writer.write(frames)
     pixels = (render_backdrop().numpy() * 255).round().astype(np.uint8)
     Image.fromarray(pixels).save(HERE / "cvs_background.png", optimize=True)
-    for name in ("cvs_sample.mp4", "cvs_background.png"):
+    pixels = (render_room().numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(pixels).save(HERE / "cvs_room.png", optimize=True)
+    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png"):
         print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
 
 

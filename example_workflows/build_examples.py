@@ -4,8 +4,9 @@ and their thumbnails.
     python example_workflows/build_examples.py
 
 Widgets not named here take the node's default, so the files follow the node
-definitions. Thumbnails illustrate what a workflow does with the sample clip's
-ground-truth matte (``assets/make_assets.py``): they are not model outputs. ComfyUI lists the resulting ``*.json`` under Workflow > Browse Templates;
+definitions. Thumbnails illustrate what a workflow does, not model outputs: the GVM ones
+with the sample clip's ground-truth matte (``assets/make_assets.py``), the VMem ones with
+the starting image and a top view of the cameras walked through. ComfyUI lists the resulting ``*.json`` under Workflow > Browse Templates;
 ``tests/test_examples.py`` checks that the committed files equal what this writes.
 """
 from __future__ import annotations
@@ -17,6 +18,12 @@ HERE = Path(__file__).resolve().parent
 
 LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "gvm"}, "_meta": {"title": "Load GVM"}}
 SAMPLE = {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_sample.mp4"}, "_meta": {"title": "Load video"}}
+
+VMEM_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "vmem"}, "_meta": {"title": "Load VMem"}}
+DEPTH_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "depth_anything_v2"},
+                "_meta": {"title": "Load Depth Anything V2"}}
+ROOM = {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_room.png"}, "_meta": {"title": "Load start image"}}
+PATH_ACTIONS = "turn_left 30, move_forward 0.5, turn_right 60, move_backward 0.5, turn_left 30"
 
 EXAMPLES = {
     # Matte a clip: soft alpha as a grey video, and the foreground with alpha as a WebM.
@@ -57,6 +64,48 @@ EXAMPLES = {
                          "filename_prefix": "ConsistentVideo/gvm_file"},
               "_meta": {"title": "GVM matte video file"}},
     },
+    # VMem, one action per queue run: change 'action' and queue again; the walk continues from the
+    # memory file, and the whole walk so far is saved as a video each time.
+    "vmem_walk_step_by_step": {
+        "1": VMEM_LOADER,
+        "2": DEPTH_LOADER,
+        "3": ROOM,
+        "4": {"class_type": "CVS_SurfelMemory", "inputs": {"name": "vmem_walk"},
+              "_meta": {"title": "Walk memory (reset to start over)"}},
+        "5": {"class_type": "CVS_VMemNavigate",
+              "inputs": {"model": ["1", 0], "depth_model": ["2", 0], "memory": ["4", 0], "image": ["3", 0],
+                         "action": "turn_left", "angle": 10.0},
+              "_meta": {"title": "VMem navigate (one step per run)"}},
+        "6": {"class_type": "CVS_SurfelMemoryFrames", "inputs": {"memory": ["5", 2]},
+              "_meta": {"title": "The walk so far"}},
+        "7": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["6", 0], "fps": "8", "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/vmem_walk"},
+              "_meta": {"title": "Save the walk"}},
+    },
+    # VMem, a planned camera path rendered from one image into a video in one run.
+    "vmem_planned_path_video": {
+        "1": VMEM_LOADER,
+        "2": DEPTH_LOADER,
+        "3": ROOM,
+        "4": {"class_type": "CVS_SurfelMemory", "inputs": {"name": "vmem_path", "reset": True},
+              "_meta": {"title": "Path memory (new each run)"}},
+        "5": {"class_type": "CVS_NavigateCameras",
+              "inputs": {"actions": PATH_ACTIONS, "poses_per_action": 4, "include_start": True},
+              "_meta": {"title": "Planned path (out and back)"}},
+        "6": {"class_type": "CVS_VMemWalk",
+              "inputs": {"model": ["1", 0], "depth_model": ["2", 0], "memory": ["4", 0], "image": ["3", 0],
+                         "path": ["5", 0]},
+              "_meta": {"title": "VMem walk along the path"}},
+        "7": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["6", 0], "fps": "8", "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/vmem_path"},
+              "_meta": {"title": "Save video"}},
+        "8": {"class_type": "CVS_SaveCameras",
+              "inputs": {"cameras": ["6", 1], "format": "cvs_json",
+                         "filename_prefix": "ConsistentVideo/vmem_path_cameras"},
+              "_meta": {"title": "Save cameras"}},
+    },
 }
 
 
@@ -81,7 +130,19 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
     over = {"gvm_matte_video": alpha.expand(-1, -1, 3),
             "gvm_composite_background": alpha * colour + (1 - alpha) * render_backdrop(),
             "gvm_matte_long_video_file": alpha * colour + (1 - alpha) * checker}
-    return {name: torch.cat([frame, torch.ones(180, 4, 3), right], dim=1) for name, right in over.items()}
+    pictures = {name: torch.cat([frame, torch.ones(180, 4, 3), right], dim=1) for name, right in over.items()}
+    # VMem: the starting image | a top view of the cameras the workflow walks through
+    from consistent_video.nodes import trajectories
+    from consistent_video.nodes.camera_preview import render_camera_preview
+    from make_assets import render_room
+    room = render_room()
+    walks = {"vmem_walk_step_by_step": "turn_left 10, turn_left 10, move_forward 0.5, turn_right 20",
+             "vmem_planned_path_video": PATH_ACTIONS}
+    for name, actions in walks.items():
+        cams = trajectories.navigate(trajectories.parse_actions(actions), 4, include_start=True)
+        preview = render_camera_preview(cams, 320, 180, "top")[0]
+        pictures[name] = torch.cat([room, torch.ones(180, 4, 3), preview], dim=1)
+    return pictures
 
 
 def main() -> None:

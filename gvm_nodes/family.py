@@ -19,7 +19,8 @@ from diffusers import AutoencoderKLTemporalDecoder, FlowMatchEulerDiscreteSchedu
 
 from ..nodes import families
 from ..nodes.jsonfile import write_json
-from ..nodes.weights import WeightsError, check_state_dict, is_smoke, load_strict, read_json, read_state_dict
+from ..nodes.weights import (WeightsError, check_state_dict, is_smoke, load_strict, random_state, read_json,
+                             read_state_dict)
 from .lora import LoraError, merge_lora
 from .model import GVMUNet
 
@@ -111,15 +112,6 @@ SMOKE_LORA_CONFIG = {
 }
 
 
-def _randomise(module: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """State dict with every tensor redrawn (normal, std 0.05; norm weights near 1)."""
-    state = {}
-    for key, value in module.state_dict().items():
-        noise = torch.randn(value.shape, generator=generator) * 0.05
-        state[key] = (1.0 + noise) if key.endswith(".weight") and value.dim() == 1 else noise
-    return state
-
-
 def lora_targets(unet: torch.nn.Module, targets) -> dict[str, torch.nn.Module]:
     """Modules whose path ends with one of ``targets`` (PEFT's suffix rule), Linear or Conv2d."""
     found = {}
@@ -135,7 +127,7 @@ def write_smoke_gvm(folder: Path, seed: int = 0) -> None:
     folder = Path(folder)
     g = torch.Generator().manual_seed(seed)
     unet = GVMUNet(**GVMUNet.config_from_release(SMOKE_UNET_CONFIG))
-    unet_state = _randomise(unet, g)
+    unet_state = random_state(unet, g)
     from safetensors.torch import save_file
     write_json(folder / "unet/config.json", {
         "_class_name": _UNET_CLASS, "_diffusers_version": "0.35.0.dev0", "sample_size": None,
@@ -160,7 +152,7 @@ def write_smoke_gvm(folder: Path, seed: int = 0) -> None:
     vae = AutoencoderKLTemporalDecoder(**SMOKE_VAE_CONFIG)
     write_json(folder / "vae/config.json", {"_class_name": _VAE_CLASS, "_diffusers_version": "0.35.0.dev0",
                                             **dict(vae.config)})
-    save_file(_randomise(vae, g), str(folder / "vae/diffusion_pytorch_model.safetensors"))
+    save_file(random_state(vae, g), str(folder / "vae/diffusion_pytorch_model.safetensors"))
 
     write_json(folder / "scheduler/scheduler_config.json", {
         "_class_name": "FlowMatchEulerDiscreteScheduler", "_diffusers_version": "0.35.0.dev0",

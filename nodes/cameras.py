@@ -355,15 +355,16 @@ class Similarity:
 
 
 def normalize_cameras(cams: CameraBatch, target_scale: float = 2.0, scale_by: str = "first",
-                      outlier_factor: float = 10.0) -> tuple[CameraBatch, Similarity]:
+                      outlier_factor: float = 10.0, scale_offset: float = 0.0) -> tuple[CameraBatch, Similarity]:
     """Centre and scale camera positions (SEVA / VMem style), returning the transform.
 
     Centring: the mean camera centre, excluding outliers whose distance to the median
     centre exceeds ``outlier_factor`` times the 97th percentile of those distances.
     Scaling, after centring:
 
-    - ``"first"`` (SEVA): ``target_scale / |t0|`` with ``t0`` the first camera's centred
-      position; if ``|t0|`` is about 0 the scale is ``target_scale``.
+    - ``"first"`` (SEVA): ``target_scale / |t0| + scale_offset`` with ``t0`` the first
+      camera's centred position (VMem passes ``scale_offset=0.01``); if ``|t0| <= 1e-5``
+      the scale is ``target_scale``.
     - ``"median"`` (robust): ``target_scale / median |t_i|`` over the inlier cameras
       (``target_scale`` when all are about 0).
 
@@ -381,7 +382,7 @@ def normalize_cameras(cams: CameraBatch, target_scale: float = 2.0, scale_by: st
     center = pos[inlier].mean(0)
     centred = (pos - center).norm(dim=-1)
     ref = centred[0] if scale_by == "first" else centred[inlier].median()
-    scale = target_scale / float(ref) if float(ref) > 1e-8 else target_scale
+    scale = target_scale / float(ref) + scale_offset if float(ref) > 1e-5 else target_scale
     sim = Similarity(center.float(), float(scale))
     return sim.apply_cameras(cams), sim
 

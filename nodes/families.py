@@ -56,6 +56,10 @@ class Family:
     ``smoke_overrides``: ``{node class id: {input: value}}`` applied (and announced) by the
     demo and the integration test when they fall back to smoke weights, to keep a CPU run
     short, e.g. a lower working resolution. Never applied to real weights.
+    ``optional_files``: ``{path in the folder: "repo_id:path in that repo"}`` for parts that
+    come from other releases (e.g. a shared VAE) and that nodes may take from elsewhere
+    (a ComfyUI VAE input). They are not needed for a folder to count as complete; when the
+    loader downloads, it fetches the missing ones too.
     """
 
     name: str
@@ -66,6 +70,7 @@ class Family:
     load: Callable[[Path, torch.device, torch.dtype], ModelHandle]
     write_smoke: Callable[[Path], None]
     smoke_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    optional_files: Mapping[str, str] = field(default_factory=dict)
 
 
 def check_model(node: str, name: str, value, family: str) -> ModelHandle:

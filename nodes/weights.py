@@ -49,9 +49,43 @@ def _expected_layout(family: Family, folder: Optional[Path] = None) -> str:
     root = runtime.family_dirs(family.name)[0]
     target = folder or root / repo_folder_name(family.default_repo)
     lines = "\n".join(f"    {target / f}" for f in family.files)
-    return (f"{family.display_name} needs these files:\n{lines}\n"
+    text = (f"{family.display_name} needs these files:\n{lines}\n"
             f"Download them from https://huggingface.co/{family.default_repo} and put them under "
             f"{root}/<any folder name>/, or give an explicit path.")
+    if family.optional_files:
+        extra = "\n".join(f"    {target / local}   from https://huggingface.co/{source.split(':', 1)[0]} "
+                          f"({source.split(':', 1)[1]})" for local, source in family.optional_files.items())
+        text += f"\nIn the same folder, unless the node gets them from elsewhere:\n{extra}"
+    return text
+
+
+def fetch_optional(family: Family, folder: Path) -> list[str]:
+    """Download the family's missing optional files into ``folder`` (no-op offline).
+
+    Returns the files that are still missing; failures are not errors (the node says
+    what it lacks when it needs it).
+    """
+    missing = [f for f in family.optional_files if not (folder / f).is_file()]
+    if not missing or _offline():
+        return missing
+    still = []
+    for local in missing:
+        repo, remote = family.optional_files[local].split(":", 1)
+        try:
+            from huggingface_hub import hf_hub_download
+            cached = hf_hub_download(repo_id=repo, filename=remote)
+            (folder / local).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(_copy_to_temp(Path(cached), folder / local), folder / local)
+        except Exception:  # no network, gated, ...
+            still.append(local)
+    return still
+
+
+def _copy_to_temp(source: Path, target: Path) -> Path:
+    import shutil
+    temporary = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, temporary)
+    return temporary
 
 
 def _check_complete(family: Family, folder: Path, how: str) -> Path:
@@ -73,11 +107,20 @@ def _offline() -> bool:
 
 def resolve(family: Family, entry: str = AUTO, path: str = "", repo_id: str = "",
             allow_download: bool = True) -> Path:
-    """Return the folder holding a complete set of ``family`` weights (see module doc).
+    """Return the folder holding a complete set of ``family`` weights (see module doc);
+    with ``allow_download``, the family's missing optional files are fetched into it when
+    online (:func:`fetch_optional`).
 
     ``allow_download=False`` never touches the network (the demo uses it to decide
     between real and smoke weights).
     """
+    folder = _resolve(family, entry, path, repo_id, allow_download)
+    if allow_download and family.optional_files and not is_smoke(folder):
+        fetch_optional(family, folder)
+    return folder
+
+
+def _resolve(family: Family, entry: str, path: str, repo_id: str, allow_download: bool) -> Path:
     if entry and entry != AUTO:
         for root in runtime.family_dirs(family.name):
             if (root / entry).exists():
@@ -186,3 +229,13 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what
     if leftovers:
         raise WeightsError(f"{what}: tensors were never filled: {_preview(leftovers)}")
     return module
+
+
+def random_state(module: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A state dict for smoke weights: every tensor of ``module`` redrawn, normal with
+    std 0.05, and 1-D weights (norm scales) around 1."""
+    state = {}
+    for key, value in module.state_dict().items():
+        noise = torch.randn(value.shape, generator=generator) * 0.05
+        state[key] = (1.0 + noise) if key.endswith(".weight") and value.dim() == 1 else noise
+    return state

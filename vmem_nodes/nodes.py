@@ -361,6 +361,45 @@ class CVS_SurfelMemoryRetrieve:
         return found.images, found.cameras, ",".join(map(str, indices)), len(indices)
 
 
+# --------------------------------------------------------------------------- frames
+class CVS_SurfelMemoryFrames:
+    DISPLAY_NAME = "CVS Surfel Memory Frames"
+    CATEGORY = CATEGORY
+    DESCRIPTION = ("Outputs memorised frames in the order they were added (e.g. the whole VMem walk so far, for a "
+                   "video) with their cameras.")
+    RETURN_TYPES = ("IMAGE", CAMERA_TYPE, "INT")
+    RETURN_NAMES = ("images", "cameras", "count")
+    OUTPUT_TOOLTIPS = ("The frames as memorised (square for VMem walks).", "Their cameras.", "How many frames.")
+    FUNCTION = "frames"
+    IS_CHANGED = classmethod(_always_rerun)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "memory": (MEMORY_TYPE, {"tooltip": "The memory to read."}),
+            "start": ("INT", {"default": 0, "min": -1_000_000, "max": 1_000_000, "tooltip":
+                      "First frame; negative counts from the end (-8 = the last 8 frames)."}),
+            "count": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "How many frames; 0 = all "
+                                                                                  "from 'start'."}),
+        }}
+
+    def frames(self, memory, start, count):
+        node = self.DISPLAY_NAME
+        bank = _check_bank(node, memory)
+        store = _load(node, bank)
+        if store.num_frames == 0:
+            raise NodeInputError(node, "memory", "holds no frames", "a memory with frames")
+        first = start + store.num_frames if start < 0 else start
+        if not 0 <= first < store.num_frames:
+            raise NodeInputError(node, "start", f"is {start}", f"-{store.num_frames}..{store.num_frames - 1}")
+        last = store.num_frames if count == 0 else min(store.num_frames, first + count)
+        indices = torch.arange(first, last)
+        images = store.images(indices)
+        if images is None:
+            raise NodeInputError(node, "memory", "stores no images", "a memory filled with images")
+        return images, store.cameras(indices), len(indices)
+
+
 # --------------------------------------------------------------------------- undo
 class CVS_SurfelMemoryUndo:
     DISPLAY_NAME = "CVS Surfel Memory Undo"
@@ -451,7 +490,7 @@ class CVS_SurfelMemoryPreview:
         return image, f"memory '{bank.name}': {_summary(store)}; the most-seen surfel was seen by {most} frame(s)"
 
 
-_NODES = (CVS_SurfelMemory, CVS_SurfelMemoryAddFrames, CVS_SurfelMemoryRetrieve, CVS_SurfelMemoryUndo,
-          CVS_SurfelMemoryPreview)
+_NODES = (CVS_SurfelMemory, CVS_SurfelMemoryAddFrames, CVS_SurfelMemoryRetrieve, CVS_SurfelMemoryFrames,
+          CVS_SurfelMemoryUndo, CVS_SurfelMemoryPreview)
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {cls.__name__: cls.DISPLAY_NAME for cls in _NODES}

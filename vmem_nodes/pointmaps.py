@@ -137,14 +137,19 @@ class DepthModelProvider(PointmapProvider):
         align_width: width of the memory renders used for the scale (height by aspect).
         min_overlap: rendered pixels a frame needs for its own scale; frames with fewer
             take the median scale of the others, or the last scale used (1 at first).
+        start_depth: when the memory is empty (the first frames of a walk), scale the
+            prediction so its median depth is this many scene units (None: scale 1).
     """
 
     def __init__(self, estimator: Callable[[torch.Tensor], torch.Tensor], output: str = "disparity",
-                 align_width: int = 64, min_overlap: int = 32):
+                 align_width: int = 64, min_overlap: int = 32, start_depth: Optional[float] = None):
         if output not in ("disparity", "depth"):
             raise SurfelInputError("output", f"is {output!r}", "'disparity' or 'depth'")
+        if start_depth is not None and not start_depth > 0:
+            raise SurfelInputError("start_depth", f"is {start_depth}", "a positive depth or None")
         self.estimator, self.output = estimator, output
         self.align_width, self.min_overlap = align_width, min_overlap
+        self.start_depth = start_depth
         self.scale = 1.0
 
     @classmethod
@@ -177,6 +182,8 @@ class DepthModelProvider(PointmapProvider):
         """Per-frame factor ``[N]`` taking predicted depth to the memory's scale."""
         n, height, width = depth.shape
         if memory is None or memory.num_surfels == 0:
+            if self.start_depth is not None and bool(valid.any()):
+                return torch.full((n,), self.start_depth / float(depth[valid].median().clamp_min(1e-12)))
             return torch.full((n,), self.scale)
         w = min(self.align_width, width)
         h = max(1, round(w * height / width))
