@@ -431,3 +431,16 @@ def test_generation_nodes_reject_bad_input(handle, depth, weights):
                                     depth=torch.full((1, SIZE, SIZE), 2.0))
     with pytest.raises(NodeInputError, match="'memory'.*latents"):
         _navigate(handle, depth, other)
+
+
+def test_missing_weights_error_names_every_file_and_source(tmp_path, monkeypatch):
+    from consistent_video.nodes.weights import resolve
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    runtime.configure_standalone(models=tmp_path / "models")
+    with pytest.raises(WeightsError) as info:
+        resolve(vmem_family.VMEM_FAMILY)
+    text = str(info.value)
+    for expected in ("vmem_weights.pth", "liguang0115/vmem", "vae/diffusion_pytorch_model.safetensors",
+                     "stabilityai/stable-diffusion-2-1-base", "image_encoder/model.safetensors",
+                     "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
+        assert expected in text
