@@ -68,24 +68,21 @@ def fetch_optional(family: Family, folder: Path) -> list[str]:
     missing = [f for f in family.optional_files if not (folder / f).is_file()]
     if not missing or _offline():
         return missing
-    still = []
+    import shutil
+    still, staging = [], folder / ".cvs_download"
     for local in missing:
         repo, remote = family.optional_files[local].split(":", 1)
         try:
             from huggingface_hub import hf_hub_download
-            cached = hf_hub_download(repo_id=repo, filename=remote)
+            # into a staging folder next to the target, then renamed: no second copy of a large
+            # file, and never a half-written file under the final name
+            fetched = hf_hub_download(repo_id=repo, filename=remote, local_dir=str(staging / repo_folder_name(repo)))
             (folder / local).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(_copy_to_temp(Path(cached), folder / local), folder / local)
+            os.replace(fetched, folder / local)
         except Exception:  # no network, gated, ...
             still.append(local)
+    shutil.rmtree(staging, ignore_errors=True)
     return still
-
-
-def _copy_to_temp(source: Path, target: Path) -> Path:
-    import shutil
-    temporary = target.with_name(f".{target.name}.partial")
-    shutil.copyfile(source, temporary)
-    return temporary
 
 
 def _check_complete(family: Family, folder: Path, how: str) -> Path:

@@ -444,3 +444,29 @@ def test_missing_weights_error_names_every_file_and_source(tmp_path, monkeypatch
                      "stabilityai/stable-diffusion-2-1-base", "image_encoder/model.safetensors",
                      "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"):
         assert expected in text
+
+
+def test_optional_parts_are_downloaded_into_place(tmp_path, monkeypatch):
+    """Online, the loader fetches the VAE and image encoder from their own repos into the folder."""
+    import huggingface_hub
+    from consistent_video.nodes.weights import fetch_optional
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    asked = []
+
+    def fake_download(repo_id, filename, local_dir):
+        asked.append((repo_id, filename))
+        if repo_id.startswith("laion/"):
+            raise OSError("gated")
+        path = Path(local_dir) / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"{repo_id}/{filename}")
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    folder = tmp_path / "vmem"
+    folder.mkdir()
+    missing = fetch_optional(vmem_family.VMEM_FAMILY, folder)
+    assert missing == ["image_encoder/config.json", "image_encoder/model.safetensors"]
+    assert (folder / "vae/config.json").read_text() == "stabilityai/stable-diffusion-2-1-base/vae/config.json"
+    assert ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "model.safetensors") in asked
+    assert not (folder / ".cvs_download").exists()
