@@ -70,7 +70,8 @@ def _generation_inputs() -> dict:
 
 def _optional_inputs() -> dict:
     return {
-        "image": ("IMAGE", {"tooltip": "The starting image (needed while the memory is empty; later ignored)."}),
+        "image": ("IMAGE", {"tooltip": "The starting image (needed while the memory is empty). Later runs only use its shape, "
+                                      "to cut 'pad' outputs back to it."}),
         "vae": ("VAE", {"tooltip": "Optional: ComfyUI's SD 2.1 VAE instead of the model folder's vae/."}),
         "clip_vision": ("CLIP_VISION", {"tooltip": "Optional: ComfyUI's CLIP ViT-H/14 vision model instead of the "
                                                    "model folder's image_encoder/."}),
