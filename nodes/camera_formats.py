@@ -461,3 +461,69 @@ def save_cameras(cams: CameraBatch, path, format: str) -> Path:
     if format == "recammaster_json":
         return save_recammaster(cams, path)
     raise CameraFormatError(f"unknown camera format '{format}'; expected one of {', '.join(FORMATS)}")
+
+
+# ---- VideoMV camera data -------------------------------------------------------------------
+# VideoMV's UNet gets, per view, its 4x4 camera-to-world flattened row-major (16 floats).
+# Those matrices keep OpenGL camera axes but live in a world reached from ours by
+#   S       = diag(1, -1, -1): our world -> VideoMV's OpenGL y-up world, (x, y, z) -> (x, -y, -z)
+#   flip_yz = [[1,0,0],[0,0,-1],[0,1,0]]: OpenGL y-up -> Blender z-up, (x, y, z) -> (x, -z, y)
+#   P       = [[0,-1,0],[1,0,0],[0,0,1]]: the entrance scripts' "negate row 1, swap rows 0 and 1",
+#             (x, y, z) -> (-y, x, z), a +90 degree rotation about z
+# applied in that order, i.e. _VIDEOMV_WORLD = P @ flip_yz @ S: (x, y, z) -> (-z, x, -y).
+_VIDEOMV_WORLD = torch.tensor([[0.0, 0.0, -1.0, 0.0],
+                               [1.0, 0.0, 0.0, 0.0],
+                               [0.0, -1.0, 0.0, 0.0],
+                               [0.0, 0.0, 0.0, 1.0]])
+VIDEOMV_FOV_DEG = 39.6  # vertical field of view of VideoMV's LGM cameras (core/options.py, fovy)
+
+
+def to_videomv_cameras(cams: CameraBatch) -> torch.Tensor:
+    """The 16 floats per view that VideoMV's UNet camera MLP gets: ``[N,16]`` float32.
+
+    VideoMV (``utils/camera_utils.get_camera`` and the inference entrance scripts) builds
+    each view's camera-to-world ``M`` as an OpenGL look-at with world up +y -- camera at
+    ``d (cosE sinA, sinE, cosE cosA)``, ``forward = normalise(target - position)``,
+    ``right = normalise(forward x up)``, ``up' = right x forward``, columns ``[right, up',
+    -forward]`` (camera x right, y up, z backward) -- then left-multiplies ``flip_yz``
+    (OpenGL y-up world to Blender z-up), then negates row 1 and swaps rows 0 and 1 (a +90
+    degree world rotation about z), and flattens ``M`` row-major, ``[0,0,0,1]`` row included.
+
+    Our batch is OpenCV c2w in a world that is VideoMV's OpenGL world mapped by
+    ``(x, y, z) -> (x, -y, -z)`` (see :func:`trajectories.orbit`, whose orbit is exactly
+    VideoMV's: same azimuth start and direction), so::
+
+        M = W @ c2w_cv @ G,   G = diag(1, -1, -1, 1)  (OpenCV -> OpenGL camera axes)
+        W = P @ flip_yz @ S = [[0, 0,-1, 0],           S       = diag(1, -1, -1, 1)
+                               [1, 0, 0, 0],           flip_yz = [[1,0,0,0],[0,0,-1,0],[0,1,0,0],[0,0,0,1]]
+                               [0,-1, 0, 0],           P       = [[0,-1,0,0],[1,0,0,0],[0,0,1,0],[0,0,0,1]]
+                               [0, 0, 0, 1]]
+
+    ``W`` maps our world point ``(x, y, z)`` to ``(-z, x, -y)``: VideoMV's final world is
+    z-up and its azimuth-0 camera sits on the +x axis. Translations are passed in scene
+    units unchanged; VideoMV was trained at distance 2.0 (T2V) and 1.7 (I2V) from the
+    origin. Intrinsics and image size are not part of the data.
+    """
+    world = _VIDEOMV_WORLD.to(cams.device)
+    return (world @ cams.c2w @ _GL_FLIP.to(cams.device)).reshape(len(cams), 16)
+
+
+def from_videomv_cameras(data, width: int = 256, height: int = 256,
+                         fov_deg: float = VIDEOMV_FOV_DEG) -> CameraBatch:
+    """The inverse of :func:`to_videomv_cameras`: VideoMV camera data ``[N,16]`` (or one
+    ``[16]``) to a :class:`CameraBatch` (``c2w_cv = W^T @ M @ G``, same matrices).
+
+    The data carries no intrinsics, so every camera gets :func:`intrinsics_from_fov`
+    (``fov_deg`` vertical, default VideoMV's LGM field of view) at ``width x height``.
+    Raises :class:`CameraFormatError` for a wrong shape or a matrix that is not rigid.
+    """
+    m = torch.as_tensor(data, dtype=torch.float64)
+    if m.dim() == 1:
+        m = m.unsqueeze(0)
+    if m.dim() != 2 or m.shape[1] != 16 or m.shape[0] < 1:
+        raise CameraFormatError(f"VideoMV camera data must have shape [N,16] (a row-major 4x4 per view), "
+                                f"got {list(m.shape)}")
+    world_t = _VIDEOMV_WORLD.to(m.device, torch.float64).T
+    c2w = world_t @ m.reshape(-1, 4, 4) @ _GL_FLIP.to(m.device, torch.float64)
+    K = intrinsics_from_fov(fov_deg, width, height).double()
+    return _batch(c2w, K, width, height, "VideoMV camera data")
