@@ -36,10 +36,11 @@ SIZE = 128
 
 
 def _navigator(folder: Path):
+    from consistent_video.nodes.clip import TransformersCLIPEmbedder
+    from consistent_video.nodes.vae import DiffusersVAECodec
     from consistent_video.vmem_nodes import family as vmem_family
     from consistent_video.vmem_nodes.depth_family import (depth_estimator, load_depth_anything, output_kind,
                                                           write_smoke_depth_anything)
-    from consistent_video.vmem_nodes.encoders import DiffusersVAECodec, TransformersCLIPEmbedder
     from consistent_video.vmem_nodes.navigation import NavigationSettings, Navigator
     from consistent_video.vmem_nodes.pipeline import GenerationSettings
     from consistent_video.vmem_nodes.pointmaps import DepthModelProvider

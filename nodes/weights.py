@@ -11,6 +11,7 @@ network is filled; otherwise the error names the missing and unexpected keys.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -165,22 +166,46 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     :class:`WeightsError` naming the file.
     """
     path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return _read_safetensors(path, what)
+    return _flat_tensors(_torch_load(path, what, mmap=False), path, what)
+
+
+def read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
+    """Like :func:`read_state_dict`, for training checkpoints: a torch pickle may also be the
+    wrapper ``{'state_dict': sd, ...}`` (LDM / VGen / Lightning), whose ``sd`` is returned, and
+    a zip-format pickle is memory-mapped (multi-GB files are not read into memory at once)."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.is_file():
+        return _read_safetensors(path, what)
+    data = _torch_load(path, what, mmap=zipfile.is_zipfile(path))
+    inner = data.get("state_dict") if isinstance(data, Mapping) else None
+    return _flat_tensors(inner if isinstance(inner, Mapping) else data, path, what)
+
+
+def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise WeightsError(f"{what}: {path} is missing")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        try:
-            return load_file(str(path))
-        except Exception as exc:
-            raise WeightsError(f"{what}: {path} is not a readable safetensors file "
-                               f"(truncated or corrupt? {type(exc).__name__}: {exc})") from None
+    from safetensors.torch import load_file
     try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
+        return load_file(str(path))
+    except Exception as exc:
+        raise WeightsError(f"{what}: {path} is not a readable safetensors file "
+                           f"(truncated or corrupt? {type(exc).__name__}: {exc})") from None
+
+
+def _torch_load(path: Path, what: str, mmap: bool) -> object:
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise WeightsError(f"{what}: {path} could not be read as a weights-only torch checkpoint "
                            f"(truncated, corrupt, or it needs unsafe unpickling: {type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-    if not isinstance(data, Mapping) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+
+
+def _flat_tensors(data: object, path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in data.items()):
         raise WeightsError(f"{what}: {path} does not hold a flat dict of tensors")
     return dict(data)
 
@@ -229,10 +254,14 @@ def load_strict(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what
 
 
 def random_state(module: torch.nn.Module, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """A state dict for smoke weights: every tensor of ``module`` redrawn, normal with
-    std 0.05, and 1-D weights (norm scales) around 1."""
+    """A state dict for smoke weights: every tensor of ``module`` redrawn by :func:`random_tensors`."""
+    return random_tensors({key: tuple(value.shape) for key, value in module.state_dict().items()}, generator)
+
+
+def random_tensors(shapes: Mapping[str, tuple[int, ...]], generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Smoke tensors for ``{key: shape}``: normal with std 0.05, and 1-D weights (norm scales) around 1."""
     state = {}
-    for key, value in module.state_dict().items():
-        noise = torch.randn(value.shape, generator=generator) * 0.05
-        state[key] = (1.0 + noise) if key.endswith(".weight") and value.dim() == 1 else noise
+    for key, shape in shapes.items():
+        noise = torch.randn(shape, generator=generator) * 0.05
+        state[key] = (1.0 + noise) if key.endswith(".weight") and len(shape) == 1 else noise
     return state

@@ -1,4 +1,5 @@
 """Shared fixtures: per-test output folder, and smoke weights for every registered family."""
+import math
 from pathlib import Path
 
 import pytest
@@ -24,3 +25,26 @@ def smoke_weights_dir(tmp_path_factory) -> Path:
     for name in families.names():
         families.get(name).write_smoke(root / name)
     return root
+
+
+def _dense_random_state(model, seed: int = 0) -> dict:
+    """Every tensor of ``model`` redrawn, none left at zero (so no path of a network under
+    test is silently the identity): norm scales around 1, other 1-D tensors small, weights
+    about ``1 / sqrt(fan_in)``."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, value in model.state_dict().items():
+        noise = torch.randn(value.shape, generator=gen)
+        if value.dim() == 1:
+            state[key] = (1.0 + 0.1 * noise) if key.endswith("weight") and "norm" in key else 0.1 * noise
+        else:
+            state[key] = noise / math.sqrt(value[0].numel())
+    return state
+
+
+@pytest.fixture(scope="session")
+def dense_random_state():
+    """``dense_random_state(model, seed=0) -> state dict`` (see :func:`_dense_random_state`)."""
+    return _dense_random_state
+

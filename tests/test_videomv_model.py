@@ -14,31 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from consistent_video.nodes.weights import WeightsError, load_strict
-from consistent_video.videomv_nodes.convert import (convert_t2v, load_t2v_unet, module_table, to_vgen,
-                                                    unwrap_checkpoint)
+from consistent_video.videomv_nodes.convert import (convert_t2v, load_t2v_unet, module_table, to_vgen)
 from consistent_video.videomv_nodes.model import VideoMVT2VUNet, config_for_release, config_for_tests
 
 CFG = config_for_tests()
 B, FRAMES, H, W, L = 2, 3, 8, 8, 5
 
 
-def _random_state(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Every tensor redrawn (none left at zero, so no path is silently the identity):
-    norm scales around 1, biases small, weights ~ 1/sqrt(fan_in)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, value in model.state_dict().items():
-        noise = torch.randn(value.shape, generator=gen)
-        if value.dim() == 1:
-            state[key] = (1.0 + 0.1 * noise) if key.endswith("weight") and "norm" in key else 0.1 * noise
-        else:
-            state[key] = noise / math.sqrt(value[0].numel())
-    return state
-
-
 @pytest.fixture(scope="module")
-def state() -> dict[str, torch.Tensor]:
-    return _random_state(VideoMVT2VUNet(**CFG))
+def state(dense_random_state) -> dict[str, torch.Tensor]:
+    return dense_random_state(VideoMVT2VUNet(**CFG))
 
 
 @pytest.fixture(scope="module")
@@ -345,10 +330,6 @@ def test_other_models_are_refused(state):
         net = VideoMVT2VUNet(**CFG)
     with pytest.raises(WeightsError, match="shape mismatch"):
         load_strict(net, unet, "test")
-    with pytest.raises(ValueError, match="not a state dict"):
-        unwrap_checkpoint([1, 2])
-    with pytest.raises(ValueError, match="not a dict of tensors"):
-        unwrap_checkpoint({"state_dict": {"a": torch.zeros(1), "b": 3}, "step": 1})
 
 
 def test_loader_reads_wrapped_bare_and_safetensors(state, tmp_path):
@@ -411,3 +392,10 @@ def test_release_size_on_meta():
     assert sum(k.startswith("middle_block.") for k in vgen_keys) > 0
     assert max(int(k.split(".")[1]) for k in vgen_keys if k.startswith("input_blocks.")) == 11
     assert max(int(k.split(".")[1]) for k in vgen_keys if k.startswith("output_blocks.")) == 11
+
+
+def test_loader_refuses_a_wrapper_that_is_not_a_state_dict(tmp_path):
+    path = tmp_path / "t2v.pth"
+    torch.save({"state_dict": {"a": torch.zeros(1), "b": 3}, "step": 1}, path)
+    with pytest.raises(WeightsError, match="flat dict of tensors"):
+        load_t2v_unet(path, config=CFG)

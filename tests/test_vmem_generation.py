@@ -11,12 +11,13 @@ import torch
 
 from consistent_video.nodes import runtime
 from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov, plucker_rays, project
+from consistent_video.nodes.clip import TransformersCLIPEmbedder
 from consistent_video.nodes.errors import NodeInputError
 from consistent_video.nodes.trajectories import navigate
+from consistent_video.nodes.vae import DiffusersVAECodec
 from consistent_video.nodes.weights import WeightsError
 from consistent_video.vmem_nodes import family as vmem_family
 from consistent_video.vmem_nodes.depth_family import write_smoke_depth_anything
-from consistent_video.vmem_nodes.encoders import DiffusersVAECodec, TransformersCLIPEmbedder
 from consistent_video.vmem_nodes.memory import SurfelMemory
 from consistent_video.vmem_nodes.navigation import (NavigationSettings, Navigator, crop_region, fit_square,
                                                     square_cameras)

@@ -13,10 +13,11 @@ import torch
 
 from ..nodes import runtime, trajectories
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
+from ..nodes.clip import ComfyCLIPVisionEmbedder, TransformersCLIPEmbedder
 from ..nodes.errors import NodeInputError, check_image, describe
 from ..nodes.families import ModelHandle, check_model
+from ..nodes.vae import ComfyVAECodec, DiffusersVAECodec
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
-from .encoders import (ComfyCLIPVisionEmbedder, ComfyVAECodec, DiffusersVAECodec, TransformersCLIPEmbedder)
 from .family import FAMILIES
 from .navigation import FIT_MODES, NavigationSettings, Navigator, crop_region, fit_square, square_cameras
 from .nodes import CATEGORY, MEMORY_TYPE, _always_rerun, _changing, _check_bank, _summary

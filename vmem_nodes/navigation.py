@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ..nodes.cameras import CameraBatch
-from .encoders import ImageEmbedder, LatentCodec
+from ..nodes.clip import ImageEmbedder
+from ..nodes.vae import LatentCodec
 from .memory import StepReport, SurfelMemory
 from .model import SevaUNet
 from .pipeline import GenerationError, GenerationSettings, build_conditioning, sample_latents
@@ -123,7 +124,7 @@ class Navigator:
 
     Args:
         unet: the SEVA UNet (on ``device`` in ``dtype`` when called).
-        codec / embedder: the VAE and CLIP image encoder adapters (:mod:`.encoders`).
+        codec / embedder: the VAE and CLIP image encoder adapters (:mod:`..nodes.vae`, :mod:`..nodes.clip`).
         provider: geometry of new frames (:mod:`.pointmaps`).
         progress: ``progress(n)`` after each unit of work (:meth:`units_per_step` per
             step); it may raise to cancel.

@@ -1,9 +1,10 @@
-"""VMem's frozen networks: the SD-2.1 autoencoder and the CLIP image encoder (vmem_nodes/encoders.py).
+"""The shared frozen encoders: the SD autoencoder (nodes/vae.py) and the CLIP image encoder (nodes/clip.py).
 
-Smoke weights in both official layouts load strictly; the codecs and embedders match direct
-calls of the networks; the key conversion drops exactly the text side; the ComfyUI adapters
-behave like ours against fakes that mirror ComfyUI's objects (and, with ``COMFYUI_PATH``
-set, against ComfyUI's real ``comfy.sd.VAE`` and ``comfy.clip_vision.ClipVisionModel``).
+Smoke weights in every supported layout load strictly (diffusers folder, LDM checkpoint,
+transformers CLIP folder in both layouts); the codecs and embedders match direct calls of the
+networks; the key conversions drop exactly what they should and name what they cannot use;
+the ComfyUI adapters behave like ours against fakes that mirror ComfyUI's objects (and, with
+``COMFYUI_PATH`` set, against ComfyUI's real ``comfy.sd.VAE`` and ``comfy.clip_vision.ClipVisionModel``).
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from consistent_video.nodes.weights import WeightsError, read_state_dict
-from consistent_video.vmem_nodes import encoders
-from consistent_video.vmem_nodes.encoders import (ComfyCLIPVisionEmbedder, ComfyVAECodec, DiffusersVAECodec,
-                                                  TransformersCLIPEmbedder, load_image_encoder, load_vae,
-                                                  vision_keys, write_smoke_image_encoder, write_smoke_vae)
+from consistent_video.nodes import clip as clip_module
+from consistent_video.nodes.clip import (ComfyCLIPVisionEmbedder, TransformersCLIPEmbedder, load_image_encoder,
+                                         vision_keys, write_smoke_image_encoder)
+from consistent_video.nodes.vae import (SMOKE_LDM_VAE_CONFIG, ComfyVAECodec, DiffusersVAECodec, convert_ldm_vae,
+                                        diffusers_to_ldm_vae, ldm_vae_config, load_ldm_vae, load_vae,
+                                        write_smoke_ldm_vae, write_smoke_vae)
+from consistent_video.nodes.weights import WeightsError, random_state, read_checkpoint, read_state_dict
 
 SCALE = 0.18215
 MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
@@ -31,7 +34,7 @@ STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("vmem_encoders")
+    root = tmp_path_factory.mktemp("encoders")
     write_smoke_vae(root / "vae")
     write_smoke_image_encoder(root / "image_encoder")
     write_smoke_image_encoder(root / "image_encoder_vision", full_clip=False)
@@ -141,6 +144,104 @@ def test_load_vae_refuses_other_models(weights, tmp_path):
         load_vae(folder)
 
 
+# --------------------------------------------------------------------------- LDM-layout autoencoder
+def _tiny_diffusers_vae(seed: int = 3):
+    from diffusers import AutoencoderKL
+    vae = AutoencoderKL.from_config(SMOKE_LDM_VAE_CONFIG)
+    vae.load_state_dict(random_state(vae, torch.Generator().manual_seed(seed)))
+    return vae.eval()
+
+
+def test_the_inverse_mapping_writes_ldm_names():
+    ldm = diffusers_to_ldm_vae(_tiny_diffusers_vae().state_dict())
+    for key in ("encoder.down.0.block.0.norm1.weight", "encoder.down.2.downsample.conv.weight",
+                "encoder.mid.block_2.conv2.bias", "encoder.norm_out.weight", "quant_conv.weight",
+                "decoder.up.3.upsample.conv.weight", "decoder.up.0.block.1.conv1.weight",
+                "decoder.mid.attn_1.proj_out.bias", "post_quant_conv.bias"):
+        assert key in ldm, key
+    assert ldm["encoder.mid.attn_1.q.weight"].shape == (32, 32, 1, 1)  # LDM attention is 1x1 convolutions
+    assert "encoder.down.3.downsample.conv.weight" not in ldm and "decoder.up.0.upsample.conv.weight" not in ldm
+
+
+@torch.no_grad()
+def test_an_ldm_checkpoint_loads_into_the_same_network(tmp_path):
+    reference = _tiny_diffusers_vae()
+    state = reference.state_dict()
+    path = tmp_path / "VQGAN_autoencoder.pth"
+    torch.save(diffusers_to_ldm_vae(state), path)  # a bare LDM autoencoder state dict
+    vae = load_ldm_vae(path)
+    loaded = vae.state_dict()
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], state[k]) for k in state)
+    assert vae.config.scaling_factor == SCALE and not vae.training
+    images = _images(2, 32, 24, seed=11)
+    ours, theirs = DiffusersVAECodec(vae), DiffusersVAECodec(reference)
+    latents = ours.encode(images)
+    torch.testing.assert_close(latents, theirs.encode(images), rtol=0, atol=0)
+    torch.testing.assert_close(ours.decode(latents), theirs.decode(latents), rtol=0, atol=0)
+
+
+def test_a_full_ldm_checkpoint_gives_its_first_stage_model(tmp_path):
+    reference = _tiny_diffusers_vae(seed=4)
+    ldm = diffusers_to_ldm_vae(reference.state_dict())
+    full = {**{"first_stage_model." + k: v for k, v in ldm.items()},
+            "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2), "cond_stage_model.model.ln_final.bias": torch.zeros(2)}
+    torch.save({"state_dict": full, "step": 7}, tmp_path / "full.pth")  # VGen / LDM training wrapper
+    assert set(read_checkpoint(tmp_path / "full.pth", "test")) == set(full)
+    loaded = load_ldm_vae(tmp_path / "full.pth").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in reference.state_dict().items())
+
+
+def test_smoke_ldm_vae_is_wrapped_like_the_release_and_loads(tmp_path):
+    write_smoke_ldm_vae(tmp_path / "VQGAN_autoencoder.pth")
+    raw = torch.load(tmp_path / "VQGAN_autoencoder.pth", weights_only=True)
+    assert set(raw) == {"state_dict"} and all(k.startswith("first_stage_model.") for k in raw["state_dict"])
+    vae = load_ldm_vae(tmp_path / "VQGAN_autoencoder.pth")
+    assert list(vae.config.block_out_channels) == [32, 32, 32, 32] and vae.config.latent_channels == 4
+    assert DiffusersVAECodec(vae).encode(_images(1, 16, 16)).shape == (1, 4, 2, 2)
+
+
+def test_the_videomv_autoencoder_config_is_read_from_the_shapes():
+    from diffusers import AutoencoderKL
+    with torch.device("meta"):  # the SD / ModelScope autoencoder at its real size, shapes only
+        real = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+    ldm = diffusers_to_ldm_vae(real.state_dict())
+    config = ldm_vae_config(ldm)
+    assert config["block_out_channels"] == [128, 256, 512, 512]  # ch 128, ch_mult [1, 2, 4, 4]
+    assert config["layers_per_block"] == 2 and config["latent_channels"] == 4 and config["norm_num_groups"] == 32
+    assert config["scaling_factor"] == SCALE and config["in_channels"] == config["out_channels"] == 3
+    converted = convert_ldm_vae(ldm, config)
+    expected = real.state_dict()
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == expected[k].shape for k in expected)
+
+
+def test_ldm_conversion_is_pure_and_places_views_of_the_tensors():
+    ldm = diffusers_to_ldm_vae(_tiny_diffusers_vae().state_dict())
+    before = {k: v.clone() for k, v in ldm.items()}
+    converted = convert_ldm_vae(ldm, ldm_vae_config(ldm))
+    assert set(ldm) == set(before) and all(torch.equal(ldm[k], before[k]) for k in ldm)
+    assert converted["encoder.mid_block.attentions.0.to_q.weight"].data_ptr() == ldm["encoder.mid.attn_1.q.weight"].data_ptr()
+    assert converted["decoder.up_blocks.0.upsamplers.0.conv.weight"].data_ptr() == \
+        ldm["decoder.up.3.upsample.conv.weight"].data_ptr()
+
+
+def test_ldm_loading_is_strict(tmp_path):
+    ldm = diffusers_to_ldm_vae(_tiny_diffusers_vae().state_dict())
+    torch.save({**ldm, "encoder.extra.weight": torch.zeros(1), "loss.logvar": torch.zeros(())}, tmp_path / "extra.pth")
+    with pytest.raises(WeightsError, match=r"2 key\(s\).*encoder\.extra\.weight, loss\.logvar"):
+        load_ldm_vae(tmp_path / "extra.pth")
+    torch.save({k: v for k, v in ldm.items() if k != "decoder.conv_out.bias"}, tmp_path / "missing.pth")
+    with pytest.raises(WeightsError, match="missing key.*decoder.conv_out.bias"):
+        load_ldm_vae(tmp_path / "missing.pth")
+    torch.save({"token_embedding.weight": torch.zeros(4, 2)}, tmp_path / "clip.pth")
+    with pytest.raises(WeightsError, match="not an LDM-layout autoencoder"):
+        load_ldm_vae(tmp_path / "clip.pth")
+    torch.save({"state_dict": {"encoder.conv_in.weight": torch.zeros(1)}, "optimizer": [1, 2]}, tmp_path / "odd.pth")
+    with pytest.raises(WeightsError, match="not an LDM-layout autoencoder"):
+        load_ldm_vae(tmp_path / "odd.pth")
+
+
 # --------------------------------------------------------------------------- image encoder
 def _gaussian_2d(sigma: float, size: int) -> torch.Tensor:
     g = torch.exp(-(torch.arange(size, dtype=torch.float32) - size // 2) ** 2 / (2 * sigma ** 2))
@@ -205,7 +306,7 @@ def test_both_layouts_give_the_same_encoder(weights, clip):
 def test_resize_is_kornias_antialiased_bicubic():
     kornia = pytest.importorskip("kornia")
     x = torch.rand(2, 3, 300, 500, generator=torch.Generator().manual_seed(6))
-    ours = encoders._seva_resize(x)
+    ours = clip_module._seva_resize(x)
     theirs = kornia.geometry.transform.resize(x, (224, 224), interpolation="bicubic", align_corners=True,
                                               antialias=True)
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
@@ -428,7 +529,7 @@ _REAL_COMFY = textwrap.dedent("""
     import torch
     import comfy.clip_vision, comfy.sd
     from diffusers import AutoencoderKL
-    from consistent_video.vmem_nodes import encoders as E
+    from consistent_video.nodes import clip as C, vae as V
 
     torch.manual_seed(0)
     # comfy.sd.VAE builds the SD 1.x/2.x network at its real size, so this one is random at that size
@@ -436,22 +537,22 @@ _REAL_COMFY = textwrap.dedent("""
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4).eval()
     comfy_vae = comfy.sd.VAE(sd={k: v.clone() for k, v in vae.state_dict().items()})  # diffusers keys, converted there
     images = torch.rand(2, 64, 48, 3)
-    ours, theirs = E.DiffusersVAECodec(vae), E.ComfyVAECodec(comfy_vae)
+    ours, theirs = V.DiffusersVAECodec(vae), V.ComfyVAECodec(comfy_vae)
     z = ours.encode(images)
     err_enc = (theirs.encode(images) - z).abs().max().item()
     err_dec = (theirs.decode(z) - ours.decode(z)).abs().max().item()
 
     folder = Path(tempfile.mkdtemp())
-    E.write_smoke_image_encoder(folder, full_clip=False)
+    C.write_smoke_image_encoder(folder, full_clip=False)
     config = json.loads((folder / "config.json").read_text())
     # ComfyUI stores CLIP vision weights in fp16 (text_encoder_dtype; layer norms stay fp32) and computes
     # in fp32: both get the same fp16-representable weights, so only the computation is compared
-    model = E.load_image_encoder(folder).half().float()
+    model = C.load_image_encoder(folder).half().float()
     comfy_clip = comfy.clip_vision.ClipVisionModel(str(folder / "config.json"))
     missing, unexpected = comfy_clip.load_sd(model.state_dict())
     frames = torch.randint(0, 256, (2, 224, 224, 3)) / 255.0
-    err_clip = (E.ComfyCLIPVisionEmbedder(comfy_clip, expected_dim=config["projection_dim"]).embed(frames)
-                - E.TransformersCLIPEmbedder(model).embed(frames)).abs().max().item()
+    err_clip = (C.ComfyCLIPVisionEmbedder(comfy_clip, expected_dim=config["projection_dim"]).embed(frames)
+                - C.TransformersCLIPEmbedder(model).embed(frames)).abs().max().item()
     print(json.dumps({"encode": err_enc, "decode": err_dec, "clip": err_clip,
                       "missing": list(missing), "unexpected": [k for k in unexpected if "position_ids" not in k]}))
 """)
