@@ -144,7 +144,11 @@ class Navigator:
 
     def targets_per_call(self, memory: SurfelMemory) -> int:
         """How many targets the next call can generate: ``T - min(K, frames in memory)``."""
-        return self.settings.generation.num_frames - min(self.settings.retrieval.num_views, memory.num_frames)
+        return self._room(memory.num_frames)
+
+    def _room(self, frames: int) -> int:
+        """Targets per call when the memory holds ``frames`` frames (at least the start view)."""
+        return self.settings.generation.num_frames - min(self.settings.retrieval.num_views, max(frames, 1))
 
     def start(self, memory: SurfelMemory, image: torch.Tensor, camera: CameraBatch) -> StepResult:
         """Memorise the starting view ``image [1,S,S,3]`` 0..1 with ``camera`` (one camera of
@@ -199,12 +203,10 @@ class Navigator:
         a segment longer than a call's capacity is cut into consecutive pieces (the first call
         of a new walk takes up to ``T - 1`` targets, later ones ``T - K``)."""
         frames, calls = memory.num_frames, []
-        T, K = self.settings.generation.num_frames, self.settings.retrieval.num_views
         for number, segment in enumerate(segments):
             start = 0
             while start < len(segment):
-                room = T - min(K, max(frames, 1))
-                piece = segment[start:start + room]
+                piece = segment[start:start + self._room(frames)]
                 calls.append((number, piece))
                 frames += len(piece)
                 start += len(piece)

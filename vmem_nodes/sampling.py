@@ -31,6 +31,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .retrieval import pose_distance
+
 GUIDERS = ("vanilla", "multiview", "multiview_temporal")
 
 
@@ -98,13 +100,6 @@ class EpsDenoiser:
         return x - s * eps
 
 
-def rotation_angle_deg(R_a: torch.Tensor, R_b: torch.Tensor) -> torch.Tensor:
-    """Angle in degrees ``[A,B]`` between rotations ``R_a [A,3,3]`` and ``R_b [B,3,3]``."""
-    rel = R_a[:, None] @ R_b[None].transpose(-1, -2)
-    cos = ((rel.diagonal(dim1=-2, dim2=-1).sum(-1) - 1) / 2).clamp(-1, 1)
-    return torch.rad2deg(torch.acos(cos))
-
-
 def guidance_scales(guider: str, cfg: float, cfg_min: float, c2w: torch.Tensor, K: torch.Tensor,
                     input_mask: torch.Tensor, max_angle_deg: float = 10.0,
                     max_translation: float = 1e-5) -> torch.Tensor:
@@ -132,7 +127,7 @@ def guidance_scales(guider: str, cfg: float, cfg_min: float, c2w: torch.Tensor, 
         gap = (order[:, None] - order[None, input_mask]).abs().min(1).values.float()
         scale = cfg_min + (cfg - cfg_min) * gap / gap.max().clamp_min(1)
     c2w, K = c2w.detach().cpu().float(), K.detach().cpu().float()
-    angle = rotation_angle_deg(c2w[:, :3, :3], c2w[input_mask, :3, :3]).min(1).values
+    angle = torch.rad2deg(pose_distance(c2w[:, None], c2w[None, input_mask], translation_weight=0.0)).min(1).values
     shift = (c2w[:, None, :3, 3] - c2w[None, input_mask, :3, 3]).norm(dim=-1).min(1).values
     same_K = (K[:, None] == K[None, input_mask]).flatten(-2).all(-1).any(-1)
     close = (angle < max_angle_deg) & (shift < max_translation) & same_K
