@@ -396,6 +396,7 @@ def test_release_size_on_meta():
 
 def test_loader_refuses_a_wrapper_that_is_not_a_state_dict(tmp_path):
     path = tmp_path / "t2v.pth"
-    torch.save({"state_dict": {"a": torch.zeros(1), "b": 3}, "step": 1}, path)
-    with pytest.raises(WeightsError, match="flat dict of tensors"):
-        load_t2v_unet(path, config=CFG)
+    for content in ({"state_dict": {"a": torch.zeros(1), "b": 3}, "step": 1}, [1, 2]):
+        torch.save(content, path)
+        with pytest.raises(WeightsError, match="flat dict of tensors"):
+            load_t2v_unet(path, config=CFG)
