@@ -97,14 +97,25 @@ def _seva_resize(x: torch.Tensor, size: int = CLIP_SIZE) -> torch.Tensor:
     return F.interpolate(x, size=(size, size), mode="bicubic", align_corners=True)
 
 
-def _clip_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """SEVA's CLIP preprocessing: ``[N,H,W,3]`` 0..1 -> ``[N,3,224,224]`` normalised, float32 on ``device``.
+RESIZE_MODES = ("seva", "bilinear")
+"""How :class:`TransformersCLIPEmbedder` brings a frame to 224x224: ``"seva"`` (:func:`_seva_resize`)
+or ``"bilinear"`` (antialiased bilinear, ``align_corners=False``: PIL's ``BILINEAR`` resize,
+which VGen / VideoMV use on their 256x256 images)."""
 
-    SEVA resizes its [-1,1] frames and then maps them to [0,1]; both steps are linear and the
-    resampling weights sum to one, so resizing the 0..1 images directly is the same.
+
+def _clip_pixels(images: torch.Tensor, device: torch.device, resize: str = "seva") -> torch.Tensor:
+    """CLIP preprocessing: ``[N,H,W,3]`` 0..1 -> ``[N,3,224,224]`` normalised, float32 on ``device``.
+
+    The whole frame is resized (``resize``, see :data:`RESIZE_MODES`), then normalised with
+    the OpenAI CLIP mean/std. SEVA resizes its [-1,1] frames and then maps them to [0,1];
+    both steps are linear and the resampling weights sum to one, so resizing the 0..1
+    images directly is the same.
     """
     x = images.to(device=device, dtype=torch.float32).permute(0, 3, 1, 2)
-    x = _seva_resize(x)
+    if resize == "seva":
+        x = _seva_resize(x)
+    elif x.shape[-2:] != (CLIP_SIZE, CLIP_SIZE):
+        x = F.interpolate(x, size=(CLIP_SIZE, CLIP_SIZE), mode="bilinear", align_corners=False, antialias=True)
     mean = torch.tensor(CLIP_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=device).view(1, 3, 1, 1)
     return (x - mean) / std
@@ -113,16 +124,20 @@ def _clip_pixels(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 class TransformersCLIPEmbedder(ImageEmbedder):
     """:class:`ImageEmbedder` over a transformers ``CLIPVisionModelWithProjection`` (SEVA's ``CLIPConditioner``).
 
-    Preprocessing as in SEVA: the whole frame resized to 224x224 (kornia semantics: Gaussian
-    anti-alias blur, bicubic, ``align_corners=True``; see :func:`_seva_resize`), no clamp,
-    OpenAI CLIP mean/std. Returns ``image_embeds`` ``[N, dim]`` (1024 for ViT-H-14) as float32
-    on the CPU; the model runs on its own device and dtype, ``chunk_size`` images at a time.
+    Preprocessing: the whole frame resized to 224x224 -- by default as in SEVA (kornia
+    semantics: Gaussian anti-alias blur, bicubic, ``align_corners=True``; see
+    :func:`_seva_resize`), or ``resize="bilinear"`` as VGen / VideoMV do -- no clamp, OpenAI
+    CLIP mean/std. Returns ``image_embeds`` ``[N, dim]`` (1024 for ViT-H-14) as float32 on
+    the CPU; the model runs on its own device and dtype, ``chunk_size`` images at a time.
     """
 
-    def __init__(self, model: CLIPVisionModelWithProjection, chunk_size: int = 8) -> None:
+    def __init__(self, model: CLIPVisionModelWithProjection, chunk_size: int = 8, resize: str = "seva") -> None:
+        if resize not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}; got {resize!r}")
         self.model = model
         self.dim = int(model.config.projection_dim)
         self.chunk_size = check_chunk_size(chunk_size)
+        self.resize = resize
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,7 +146,7 @@ class TransformersCLIPEmbedder(ImageEmbedder):
         device, dtype = module_place(self.model)
         out = []
         for chunk in images.split(self.chunk_size):
-            pixels = _clip_pixels(chunk, device).to(dtype)
+            pixels = _clip_pixels(chunk, device, self.resize).to(dtype)
             out.append(self.model(pixel_values=pixels).image_embeds.float().cpu())
         return torch.cat(out)
 

@@ -60,6 +60,13 @@ class Family:
     come from other releases (e.g. a shared VAE) and that nodes may take from elsewhere
     (a ComfyUI VAE input). They are not needed for a folder to count as complete; when the
     loader downloads, it fetches the missing ones too.
+    ``models_folder``: the folder under ``models/`` (default: ``name``); families whose
+    release is one download for several of them share one (e.g. VideoMV's text and image
+    modes, both in one zip), so the files are not stored twice.
+    ``manual_download``: for releases that are not on Hugging Face (``default_repo`` empty),
+    where and how to get the files (a sentence, shown in "weights not found" errors), and
+    ``default_entry`` the folder name that download unpacks to under ``models/<models_folder>/``.
+    A ``repo_id`` given by the user is still downloaded from Hugging Face.
     """
 
     name: str
@@ -71,6 +78,14 @@ class Family:
     write_smoke: Callable[[Path], None]
     smoke_overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     optional_files: Mapping[str, str] = field(default_factory=dict)
+    models_folder: str = ""
+    manual_download: str = ""
+    default_entry: str = ""
+
+    @property
+    def folder_name(self) -> str:
+        """The folder under ``models/`` that holds this family's weights."""
+        return self.models_folder or self.name
 
 
 def check_model(node: str, name: str, value, family: str) -> ModelHandle:

@@ -36,7 +36,7 @@ def repo_folder_name(repo_id: str) -> str:
 def list_entries(family: Family) -> list[str]:
     """Folders and files under every ``models/<family>/`` folder (for the loader's combo)."""
     out: list[str] = []
-    for root in runtime.family_dirs(family.name):
+    for root in runtime.family_dirs(family.folder_name):
         if root.is_dir():
             out.extend(sorted(p.name for p in root.iterdir() if not p.name.startswith(".")))
     return out
@@ -46,13 +46,19 @@ def missing_files(family: Family, folder: Path) -> list[str]:
     return [f for f in family.files if not (folder / f).is_file()]
 
 
+def _default_folder(family: Family, repo: str) -> str:
+    """The folder name under ``models/<family folder>/`` for ``repo`` (or the manual download's)."""
+    return repo_folder_name(repo) if repo else (family.default_entry or family.name)
+
+
 def _expected_layout(family: Family, folder: Optional[Path] = None) -> str:
-    root = runtime.family_dirs(family.name)[0]
-    target = folder or root / repo_folder_name(family.default_repo)
+    root = runtime.family_dirs(family.folder_name)[0]
+    target = folder or root / _default_folder(family, family.default_repo)
     lines = "\n".join(f"    {target / f}" for f in family.files)
+    where = (family.manual_download if not family.default_repo and family.manual_download
+             else f"Download them from https://huggingface.co/{family.default_repo}")
     text = (f"{family.display_name} needs these files:\n{lines}\n"
-            f"Download them from https://huggingface.co/{family.default_repo} and put them under "
-            f"{root}/<any folder name>/, or give an explicit path.")
+            f"{where.rstrip('.')}, and put them under {root}/<any folder name>/, or give an explicit path.")
     if family.optional_files:
         extra = "\n".join(f"    {target / local}   from https://huggingface.co/{source.split(':', 1)[0]} "
                           f"({source.split(':', 1)[1]})" for local, source in family.optional_files.items())
@@ -120,17 +126,17 @@ def resolve(family: Family, entry: str = AUTO, path: str = "", repo_id: str = ""
 
 def _resolve(family: Family, entry: str, path: str, repo_id: str, allow_download: bool) -> Path:
     if entry and entry != AUTO:
-        for root in runtime.family_dirs(family.name):
+        for root in runtime.family_dirs(family.folder_name):
             if (root / entry).exists():
                 return _check_complete(family, root / entry, f"weights entry '{entry}':")
         raise WeightsError(f"weights entry '{entry}' is not under any of "
-                           f"{[str(r) for r in runtime.family_dirs(family.name)]}.\n" + _expected_layout(family))
+                           f"{[str(r) for r in runtime.family_dirs(family.folder_name)]}.\n" + _expected_layout(family))
     if path and path.strip():
         return _check_complete(family, Path(path.strip()).expanduser(), "path")
     repo = (repo_id or family.default_repo).strip()
-    roots = runtime.family_dirs(family.name)
+    roots = runtime.family_dirs(family.folder_name)
     for root in roots:
-        candidate = root / repo_folder_name(repo)
+        candidate = root / _default_folder(family, repo)
         if candidate.is_dir() and not missing_files(family, candidate):
             return candidate
     # A single complete folder under models/<family>/ is taken as the default.
@@ -138,7 +144,10 @@ def _resolve(family: Family, entry: str, path: str, repo_id: str, allow_download
                 if (root / e).is_dir() and not missing_files(family, root / e)]
     if len(complete) == 1 and repo == family.default_repo:
         return complete[0]
-    target = roots[0] / repo_folder_name(repo)
+    target = roots[0] / _default_folder(family, repo)
+    if not repo:
+        raise WeightsError("no weights found (this release is not on Hugging Face, so nothing is downloaded).\n"
+                           + _expected_layout(family, target))
     if _offline() or not allow_download:
         raise WeightsError("offline (HF_HUB_OFFLINE=1) and no weights found.\n" + _expected_layout(family, target))
     try:

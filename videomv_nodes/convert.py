@@ -369,12 +369,49 @@ def to_vgen_i2v(state: Mapping[str, torch.Tensor], config: Optional[Mapping] = N
     return out
 
 
-def _load_unet(path, dtype: torch.dtype, config: Mapping, what: str, convert, network):
-    """Read, convert (ValueError -> WeightsError), build on meta, load strictly, cast, freeze."""
+RELEASE_HEAD_WIDTH = 64  # attention head width of both released UNets (not visible in the shapes)
+RELEASE_NORM_GROUPS = 32  # GroupNorm groups of both released UNets (not visible in the shapes)
+
+
+def infer_config(unet_state: Mapping[str, torch.Tensor], release: Mapping) -> dict:
+    """The UNet's ``__init__`` arguments read from a converted (diffusers-key) state dict.
+
+    Block types and layers per block are ``release``'s (they decide the key names, which the
+    conversion already checked); the widths come from the shapes: ``block_out_channels``
+    (each level's first ResNet), ``in_channels`` (``conv_in``; half of it for the I2V network,
+    whose input also carries the image features), ``out_channels``, ``cross_attention_dim``
+    (the first cross-attention's key projection) and ``camera_dim``. Head width 64 and 32
+    norm groups are the release's. A missing key raises ValueError naming it.
+    """
+    config = dict(release)
+
+    def shape(key: str, dim: int) -> int:
+        if key not in unet_state:
+            raise ValueError(f"the checkpoint has no {key} (converted name): it is not a complete VideoMV UNet")
+        return int(unet_state[key].shape[dim])
+
+    levels = len(config["down_block_types"])
+    config["block_out_channels"] = tuple(shape(f"down_blocks.{i}.resnets.0.conv1.weight", 0) for i in range(levels))
+    image_branch = "image_latents_proj_in.0.weight" in unet_state
+    config["in_channels"] = shape("conv_in.weight", 1) // (2 if image_branch else 1)
+    config["out_channels"] = shape("conv_out.weight", 0)
+    attn_level = next(i for i, t in enumerate(config["down_block_types"]) if t.startswith("CrossAttn"))
+    config["cross_attention_dim"] = shape(
+        f"down_blocks.{attn_level}.attentions.0.transformer_blocks.0.attn2.to_k.weight", 1)
+    config["camera_dim"] = shape("camera_embedding.0.weight", 1)
+    config["attention_head_dim"] = RELEASE_HEAD_WIDTH
+    config["norm_num_groups"] = RELEASE_NORM_GROUPS
+    return config
+
+
+def _load_unet(path, dtype: torch.dtype, config: Optional[Mapping], release: Mapping, what: str, convert, network):
+    """Read, convert (ValueError -> WeightsError), size (``config`` or :func:`infer_config`),
+    build on meta, load strictly, cast, freeze."""
     path = Path(path)
     state = read_checkpoint(path, what)
     try:
-        unet_state, set_aside = convert(state, config)
+        unet_state, set_aside = convert(state, dict(release if config is None else config))
+        config = infer_config(unet_state, release) if config is None else dict(config)
     except ValueError as exc:
         raise WeightsError(f"{what}: {path}: {exc}") from None
     with torch.device("meta"):
@@ -391,12 +428,11 @@ def load_t2v_unet(path, dtype: torch.dtype = torch.float32, config: Optional[Map
 
     ``path``: ``t2v_*.pth`` (``{'state_dict': ..., 'step': ...}`` or a bare state dict) or a
     ``.safetensors`` with the same keys. ``config``: ``VideoMVT2VUNet`` arguments (default:
-    the release). Returns the network (CPU, ``dtype``, eval mode, no gradients) and the
+    the release's structure with the widths read from the shapes, :func:`infer_config`). Returns the network (CPU, ``dtype``, eval mode, no gradients) and the
     set-aside ``lgm_big.*`` tensors. Unreadable files, unconsumed, missing or mis-shaped
     keys raise :class:`~consistent_video.nodes.weights.WeightsError` naming them.
     """
-    config = dict(config_for_release() if config is None else config)
-    return _load_unet(path, dtype, config, "VideoMV T2V UNet", convert_t2v, VideoMVT2VUNet)
+    return _load_unet(path, dtype, config, config_for_release(), "VideoMV T2V UNet", convert_t2v, VideoMVT2VUNet)
 
 
 def load_i2v_unet(path, dtype: torch.dtype = torch.float32, config: Optional[Mapping] = None
@@ -405,10 +441,10 @@ def load_i2v_unet(path, dtype: torch.dtype = torch.float32, config: Optional[Map
 
     ``path``: ``i2v_*.pth`` (``{'state_dict': ..., 'step': ...}`` or a bare state dict) or a
     ``.safetensors`` with the same keys. ``config``: ``VideoMVI2VUNet`` arguments (default:
-    the release). The weights go through :func:`convert_i2v`, so the double addition of
+    as :func:`load_t2v_unet`). The weights go through :func:`convert_i2v`, so the double addition of
     the image features is folded into ``conv_in``. Returns the network (CPU, ``dtype``,
     eval mode, no gradients) and the set-aside ``lgm_big.*`` tensors; errors as
     :func:`load_t2v_unet`.
     """
-    config = dict(i2v_config_for_release() if config is None else config)
-    return _load_unet(path, dtype, config, "VideoMV I2V UNet", convert_i2v, VideoMVI2VUNet)
+    return _load_unet(path, dtype, config, i2v_config_for_release(), "VideoMV I2V UNet", convert_i2v,
+                      VideoMVI2VUNet)

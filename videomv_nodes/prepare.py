@@ -12,6 +12,12 @@ ALPHA_THRESHOLD = 0.5 / 255.0  # alpha above this is object: any alpha that is n
 
 def prepare_object_image(image, alpha, size: int = 256, object_size: int = 200,
                          background: float = 1.0) -> torch.Tensor:
+    """The RGB part of :func:`prepare_object`: ``[size,size,3]``."""
+    return prepare_object(image, alpha, size, object_size, background)[0]
+
+
+def prepare_object(image, alpha, size: int = 256, object_size: int = 200,
+                   background: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Recentre an object for VideoMV's I2V mode.
 
     Args:
@@ -23,7 +29,8 @@ def prepare_object_image(image, alpha, size: int = 256, object_size: int = 200,
         background: grey level 0..1 of the canvas and of the object's transparent parts
             (VideoMV: white, 1.0).
     Returns:
-        ``[size,size,3]`` float32 RGB in 0..1 on the input's device.
+        ``([size,size,3], [size,size])`` float32 on the input's device: the RGB in 0..1, and
+        the object's opacity on the canvas (0 outside the pasted object).
 
     Steps: the bounding box of ``alpha > ALPHA_THRESHOLD`` (both ends included) is cropped;
     premultiplied colour and alpha are resized together with antialiased bilinear
@@ -40,20 +47,20 @@ def prepare_object_image(image, alpha, size: int = 256, object_size: int = 200,
     image = torch.as_tensor(image)
     alpha = torch.as_tensor(alpha, device=image.device)
     if image.dim() != 3 or image.shape[-1] != 3:
-        raise ValueError(f"prepare_object_image: image must be [H,W,3] RGB, got shape {list(image.shape)}")
+        raise ValueError(f"prepare_object: image must be [H,W,3] RGB, got shape {list(image.shape)}")
     if alpha.dim() != 2 or tuple(alpha.shape) != tuple(image.shape[:2]):
-        raise ValueError(f"prepare_object_image: alpha must be [H,W] = {list(image.shape[:2])} like the image, "
+        raise ValueError(f"prepare_object: alpha must be [H,W] = {list(image.shape[:2])} like the image, "
                          f"got shape {list(alpha.shape)}")
     if not 1 <= object_size <= size:
-        raise ValueError(f"prepare_object_image: object_size must be between 1 and size ({size}), got {object_size}")
+        raise ValueError(f"prepare_object: object_size must be between 1 and size ({size}), got {object_size}")
     if not 0.0 <= background <= 1.0:
-        raise ValueError(f"prepare_object_image: background must be a grey level in 0..1, got {background}")
+        raise ValueError(f"prepare_object: background must be a grey level in 0..1, got {background}")
     image = image.to(torch.float32)
     alpha = alpha.to(torch.float32).clamp(0.0, 1.0)
     rows = (alpha > ALPHA_THRESHOLD).any(1).nonzero()
     cols = (alpha > ALPHA_THRESHOLD).any(0).nonzero()
     if len(rows) == 0:
-        raise ValueError("prepare_object_image: no object: the mask is empty")
+        raise ValueError("prepare_object: no object: the mask is empty")
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     a = alpha[y0:y1, x0:x1]
     rgba = torch.cat([image[y0:y1, x0:x1] * a[..., None], a[..., None]], -1)  # premultiplied
@@ -66,4 +73,4 @@ def prepare_object_image(image, alpha, size: int = 256, object_size: int = 200,
     canvas = torch.zeros(size, size, 4, dtype=torch.float32, device=image.device)
     top, left = (size - new_h) // 2, (size - new_w) // 2
     canvas[top:top + new_h, left:left + new_w] = rgba
-    return canvas[..., :3] + background * (1.0 - canvas[..., 3:])
+    return canvas[..., :3] + background * (1.0 - canvas[..., 3:]), canvas[..., 3]
