@@ -9,6 +9,9 @@ ground-truth alpha, so tests can score a matte against it without storing it.
 
 ``cvs_room.png``: a 320x180 room (:func:`render_room`), the starting image of the VMem walks.
 
+``cvs_object.png``: an apple-like object on a transparent 320x240 canvas, off centre
+(:func:`render_object`), the input of the VideoMV image-to-views example.
+
 The pixels are deterministic; the H.264 bytes may differ between runs because x264's
 multi-threaded encoder is not bit-exact.
 
@@ -169,6 +172,37 @@ def render_room(width: int = WIDTH, height: int = HEIGHT, fov_deg: float = 54.0)
     return torch.from_numpy(np.clip(colour * light[..., None], 0, 1).astype(np.float32))
 
 
+def render_object(width: int = 320, height: int = 240) -> tuple[torch.Tensor, torch.Tensor]:
+    """An apple-like object (shaded sphere with a stripe, a stem and a leaf) left of centre on a
+    transparent canvas: colour ``[height,width,3]`` and alpha ``[height,width]``, float32, with
+    anti-aliased edges (drawn at 4x and averaged down)."""
+    s = SUPERSAMPLE
+    y, x = np.mgrid[0:height * s, 0:width * s].astype(np.float64) / s + 0.5 / s
+    cx, cy, r = 0.4 * width, 0.58 * height, 0.3 * height
+    dx, dy = (x - cx) / r, (y - cy) / (0.92 * r)
+    d2 = dx * dx + dy * dy
+    body = d2 <= 1.0
+    nz = np.sqrt(np.clip(1.0 - d2, 0.0, 1.0))
+    light = np.array([-0.45, -0.55, 0.7]) / np.linalg.norm([-0.45, -0.55, 0.7])
+    lambert = np.clip(dx * light[0] + dy * light[1] + nz * light[2], 0.0, 1.0)
+    base = np.where((np.abs(dx + 0.15 * np.sin(3.0 * dy)) < 0.12)[..., None], [0.95, 0.85, 0.35], [0.78, 0.12, 0.1])
+    spec = np.clip(lambert, 0, 1) ** 40
+    colour = base * (0.25 + 0.75 * lambert[..., None]) + 0.6 * spec[..., None]
+    stem = (np.abs(x - cx - 0.05 * r * (cy - r - y) / r) < 0.05 * r) & (y > cy - 1.25 * r) & (y < cy - 0.8 * r)
+    colour[stem] = [0.35, 0.22, 0.1]
+    lx, ly = (x - cx - 0.28 * r) / (0.3 * r), (y - cy + 1.05 * r) / (0.12 * r)
+    leaf = lx * lx + ly * ly <= 1.0
+    colour[leaf] = np.array([0.25, 0.6, 0.2]) * (0.8 + 0.2 * lx[leaf, None])
+    alpha = (body | stem | leaf).astype(np.float64)
+    colour = colour * alpha[..., None]
+
+    def down(a: np.ndarray) -> np.ndarray:
+        return a.reshape(height, s, width, s, *a.shape[2:]).mean((1, 3))
+    a = down(alpha)
+    rgb = down(colour) / np.maximum(a, 1e-8)[..., None]  # straight (not premultiplied) colour
+    return torch.from_numpy(np.clip(rgb, 0, 1).astype(np.float32)), torch.from_numpy(a.astype(np.float32))
+
+
 def main() -> None:
     from consistent_video.nodes.video_io import VideoWriter
 
@@ -179,7 +213,10 @@ def main() -> None:
     Image.fromarray(pixels).save(HERE / "cvs_background.png", optimize=True)
     pixels = (render_room().numpy() * 255).round().astype(np.uint8)
     Image.fromarray(pixels).save(HERE / "cvs_room.png", optimize=True)
-    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png"):
+    rgb, alpha = render_object()
+    rgba = torch.cat([rgb, alpha[..., None]], -1)
+    Image.fromarray((rgba.numpy() * 255).round().astype(np.uint8), "RGBA").save(HERE / "cvs_object.png", optimize=True)
+    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png"):
         print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
 
 

@@ -24,6 +24,7 @@ DEPTH_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "depth_any
                 "_meta": {"title": "Load Depth Anything V2"}}
 ROOM = {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_room.png"}, "_meta": {"title": "Load start image"}}
 PATH_ACTIONS = "turn_left 30, move_forward 0.5, turn_right 60, move_backward 0.5, turn_left 30"
+VIDEOMV_PROMPT = "a red ceramic teapot"
 
 EXAMPLES = {
     # Matte a clip: soft alpha as a grey video, and the foreground with alpha as a WebM.
@@ -106,6 +107,37 @@ EXAMPLES = {
                          "filename_prefix": "ConsistentVideo/vmem_path_cameras"},
               "_meta": {"title": "Save cameras"}},
     },
+    # VideoMV from text: 24 views around the described object, saved as a turntable video.
+    "videomv_text_turntable": {
+        "1": {"class_type": "CVS_ModelLoader", "inputs": {"family": "videomv_t2v"},
+              "_meta": {"title": "Load VideoMV (text)"}},
+        "2": {"class_type": "CVS_VideoMVTextToViews", "inputs": {"model": ["1", 0], "prompt": VIDEOMV_PROMPT},
+              "_meta": {"title": "VideoMV text to 24 views"}},
+        "3": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["2", 0], "fps": "8", "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/videomv_turntable"},
+              "_meta": {"title": "Save turntable video"}},
+    },
+    # VideoMV from an image: the object is cut out by its alpha and centred, then 24 views are
+    # generated and saved as PNG frames with their cameras (nerfstudio transforms.json) for 3D reconstruction.
+    "videomv_image_to_views": {
+        "1": {"class_type": "CVS_ModelLoader", "inputs": {"family": "videomv_i2v"},
+              "_meta": {"title": "Load VideoMV (image)"}},
+        "2": {"class_type": "CVS_LoadImage", "inputs": {"image": "cvs_object.png"},
+              "_meta": {"title": "Load object image (with alpha)"}},
+        "3": {"class_type": "CVS_VideoMVPrepareImage", "inputs": {"image": ["2", 0], "mask": ["2", 1]},
+              "_meta": {"title": "Centre the object on white"}},
+        "4": {"class_type": "CVS_VideoMVImageToViews", "inputs": {"model": ["1", 0], "image": ["3", 0]},
+              "_meta": {"title": "VideoMV image to 24 views"}},
+        "5": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["4", 0], "fps": "8", "format": "png-sequence",
+                         "filename_prefix": "ConsistentVideo/videomv_views"},
+              "_meta": {"title": "Save the views (PNG)"}},
+        "6": {"class_type": "CVS_SaveCameras",
+              "inputs": {"cameras": ["4", 1], "format": "nerfstudio_json",
+                         "filename_prefix": "ConsistentVideo/videomv_views_cameras"},
+              "_meta": {"title": "Save cameras (nerfstudio)"}},
+    },
 }
 
 
@@ -142,7 +174,31 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
         cams = trajectories.navigate(trajectories.parse_actions(actions), 4, include_start=True)
         preview = render_camera_preview(cams, 320, 180, "top")[0]
         pictures[name] = torch.cat([room, torch.ones(180, 4, 3), preview], dim=1)
+    # VideoMV: the input (prompt card / object on white) | a side view of the 24-view orbit
+    from consistent_video.videomv_nodes.pipeline import orbit_cameras
+    from consistent_video.videomv_nodes.prepare import prepare_object_image
+    from make_assets import render_object
+    import torch.nn.functional as F
+    rgb, alpha = render_object()
+    obj = prepare_object_image(rgb, alpha, size=180, object_size=140)
+    card = _prompt_card(VIDEOMV_PROMPT, 180, 180)
+    for name, left, elevation, distance in (("videomv_text_turntable", card, 15.0, 2.0),
+                                            ("videomv_image_to_views", obj, 5.0, 1.7)):
+        orbit = render_camera_preview(orbit_cameras(24, elevation, distance), 320, 180, "perspective")[0]
+        pictures[name] = torch.cat([left, torch.ones(180, 4, 3), orbit], dim=1)
     return pictures
+
+
+def _prompt_card(text: str, width: int, height: int) -> "torch.Tensor":
+    """``text`` in black on white, wrapped, ``[height,width,3]``."""
+    import textwrap
+    import numpy as np
+    import torch
+    from PIL import Image, ImageDraw
+    card = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(card)
+    draw.multiline_text((10, 10), "prompt:\n" + "\n".join(textwrap.wrap(text, 22)), fill="black", spacing=6)
+    return torch.from_numpy(np.asarray(card, dtype=np.float32) / 255.0)
 
 
 def main() -> None:

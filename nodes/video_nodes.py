@@ -89,6 +89,39 @@ class CVS_LoadVideo:
         return images, images.shape[0], float(rate), video_io.format_fps(rate)
 
 
+class CVS_LoadImage:
+    DISPLAY_NAME = "CVS Load Image"
+    DESCRIPTION = ("Load one picture (PNG, JPG, WebP, or the first frame of a video) as an IMAGE with its alpha "
+                   "as a MASK, 1 = opaque (unlike core 'Load Image', whose MASK is 1 where transparent).")
+    CATEGORY = CATEGORY
+    FUNCTION = "load"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("image", "alpha")
+    OUTPUT_TOOLTIPS = ("The picture [1, height, width, 3] (colour as stored, not premultiplied).",
+                       "Its alpha [1, height, width], 1 = opaque; all ones when the file has no alpha.")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("STRING", {"default": "cvs_object.png", "tooltip":
+                      "A path, a file name in ComfyUI's input folder, or a bundled asset ('cvs_object.png': an "
+                      "object on a transparent background)."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, image, **_):
+        return CVS_LoadVideo.IS_CHANGED(image)
+
+    def load(self, image):
+        node = self.DISPLAY_NAME
+        try:
+            path = video_io.resolve_input_path(image)
+            frames, _ = video_io.load_frames(path, max_frames=1, alpha=True)
+        except video_io.VideoError as exc:
+            raise NodeInputError(node, "image", str(exc)) from None
+        return frames[..., :3].contiguous(), frames[..., 3].contiguous()
+
+
 class CVS_SaveVideo:
     DISPLAY_NAME = "CVS Save Video"
     DESCRIPTION = ("Save frames and/or a matte to ComfyUI's output folder. Images only: a colour video. "
@@ -216,6 +249,6 @@ class CVS_ImagesToVideo:
         return (runtime.make_video(images, _parse_fps(node, fps)),)
 
 
-_NODES = (CVS_LoadVideo, CVS_SaveVideo, CVS_VideoToImages, CVS_ImagesToVideo)
+_NODES = (CVS_LoadVideo, CVS_LoadImage, CVS_SaveVideo, CVS_VideoToImages, CVS_ImagesToVideo)
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {cls.__name__: cls.DISPLAY_NAME for cls in _NODES}
