@@ -264,7 +264,7 @@ def convert_t2v(state: Mapping[str, torch.Tensor], config: Optional[Mapping] = N
     _refuse_foreign(list(body), "T2V")
     if any(k.startswith(I2V_MARKER) for k in body):
         raise ValueError(f"this is VideoMV's image-to-multi-view (I2V) checkpoint ({I2V_MARKER}* keys), "
-                         "not the T2V one: load it with load_i2v_unet")
+                         "not the T2V one: load it as the I2V model (family 'videomv_i2v', load_i2v_unet)")
     unet, unconsumed = _map_keys(body, module_table(config))
     if unconsumed:
         raise ValueError(f"{len(unconsumed)} key(s) of the checkpoint are not part of VideoMV's T2V UNet "
@@ -330,7 +330,7 @@ def convert_i2v(state: Mapping[str, torch.Tensor], config: Optional[Mapping] = N
     _refuse_foreign(list(body), "I2V")
     if not any(k.startswith(I2V_MARKER) for k in body):
         raise ValueError(f"this VGen-layout UNet has no image branch ({I2V_MARKER}* keys): it is not VideoMV's "
-                         "I2V checkpoint (the T2V one loads with load_t2v_unet)")
+                         "I2V checkpoint (the T2V one loads as family 'videomv_t2v', load_t2v_unet)")
     fused = body.pop(_FUSED_QKV, None)
     unet, unconsumed = _map_keys(body, i2v_module_table(config))
     if fused is not None:
