@@ -237,13 +237,13 @@ def test_orbit_node_outputs_cameras_and_videomv_matrices():
 
 def test_prepare_node_centres_the_object_and_outputs_its_mask():
     image, alpha = object_image()
-    out, mask = N.CVS_VideoMVPrepareImage().prepare(image, alpha, False, 256, 200, 1.0)
+    out, mask = N.CVS_VideoMVPrepareImage().prepare(image, alpha, False, 256, 200 / 256, 1.0)
     assert out.shape == (1, 256, 256, 3) and mask.shape == (1, 256, 256)
     rows, cols = (mask[0] > 0.5).any(1).nonzero(), (mask[0] > 0.5).any(0).nonzero()
     assert int(cols[-1]) - int(cols[0]) + 1 == 200  # the longest side (45 px wide) became 200
     assert torch.allclose(out[0, :5], torch.ones(5, 256, 3))  # white canvas
     # ComfyUI 'Load Image' masks are inverted alpha
-    out_inv, _ = N.CVS_VideoMVPrepareImage().prepare(image, 1.0 - alpha, True, 256, 200, 1.0)
+    out_inv, _ = N.CVS_VideoMVPrepareImage().prepare(image, 1.0 - alpha, True, 256, 200 / 256, 1.0)
     torch.testing.assert_close(out_inv, out)
 
 
@@ -264,7 +264,7 @@ def test_nodes_generate_24_views_with_cameras_and_latents(mode, t2v, i2v):
                                                        P.NEGATIVE_PROMPT)
     else:
         image, alpha = object_image()
-        prepared, _ = N.CVS_VideoMVPrepareImage().prepare(image, alpha, False, RES, 50, 1.0)
+        prepared, _ = N.CVS_VideoMVPrepareImage().prepare(image, alpha, False, RES, 0.8, 1.0)
 
         def run(seed):
             return N.CVS_VideoMVImageToViews().generate(handle, prepared, seed, 2, 6.0, 5.0, 1.7, RES,
@@ -314,12 +314,12 @@ def test_image_without_alpha():
     image, _ = object_image()
     # what ComfyUI's Load Image gives for a file without alpha: a 64x64 empty mask
     with pytest.raises(NodeInputError, match="'mask' is 64x64 but the image is 100x80.*remove the background"):
-        node.prepare(image, torch.zeros(1, 64, 64), True, 256, 200, 1.0)
+        node.prepare(image, torch.zeros(1, 64, 64), True, 256, 0.78125, 1.0)
     # an opaque alpha read as an object mask is fine; the same alpha read as Load Image's inverted mask is empty
     with pytest.raises(NodeInputError, match="'mask' marks no object"):
-        node.prepare(image, torch.zeros(1, 80, 100), False, 256, 200, 1.0)
+        node.prepare(image, torch.zeros(1, 80, 100), False, 256, 0.78125, 1.0)
     with pytest.raises(NodeInputError, match="'image' has 4 channels"):
-        node.prepare(torch.rand(1, 80, 100, 4), torch.ones(1, 80, 100), False, 256, 200, 1.0)
+        node.prepare(torch.rand(1, 80, 100, 4), torch.ones(1, 80, 100), False, 256, 0.78125, 1.0)
 
 
 def test_wrong_model_and_batch(t2v, i2v):

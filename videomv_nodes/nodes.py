@@ -25,6 +25,7 @@ from .schedules import I2V as I2V_DEFAULTS, NUM_STEPS, NUM_VIEWS, RESOLUTION, T2
 log = logging.getLogger("consistent_video")
 
 CATEGORY = "Consistent Video/VideoMV"
+OBJECT_FRACTION = 200 / 256  # VideoMV's recenter_i2v: the longest side at 200 px on a 256 canvas
 CAMERA_DATA_TYPE = "CVS_VIDEOMV_CAMERA_DATA"
 """ComfyUI type of VideoMV's camera data: a float32 tensor ``[views, 16]``, per view the
 row-major 4x4 camera-to-world in VideoMV's axis convention (``to_videomv_cameras``)."""
@@ -178,13 +179,14 @@ class CVS_VideoMVPrepareImage:
                                                                          "which is 1 where the picture is transparent."}),
                 "size": ("INT", {"default": RESOLUTION, "min": 8, "max": 4096, "step": 8, "tooltip":
                          "Canvas size in pixels (VideoMV: 256)."}),
-                "object_size": ("INT", {"default": 200, "min": 1, "max": 4096, "tooltip":
-                                "Length of the object's longest side on the canvas (VideoMV: 200)."}),
+                "object_fraction": ("FLOAT", {"default": OBJECT_FRACTION, "min": 0.01, "max": 1.0, "step": 0.01,
+                                    "tooltip": "The object's longest side as a fraction of the canvas (VideoMV: "
+                                               "200 px of 256 = 0.78125)."}),
                 "background": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                                "Grey level of the canvas (VideoMV: 1.0, white)."}),
             }}
 
-    def prepare(self, image, mask, invert_mask, size, object_size, background):
+    def prepare(self, image, mask, invert_mask, size, object_fraction, background):
         node = self.DISPLAY_NAME
         image = check_image(node, "image", image)
         mask = check_mask(node, "mask", mask)
@@ -195,9 +197,9 @@ class CVS_VideoMVPrepareImage:
                                  f"{image.shape[2]}x{image.shape[1]}", "the object's alpha at the image's size (Load "
                                  "Image gives a 64x64 empty mask when the file has no alpha: remove the background "
                                  "first)")
-        if object_size > size:
-            raise NodeInputError(node, "object_size", f"is {object_size}, larger than the canvas ({size})",
-                                 f"at most {size}")
+        if not 0.0 < object_fraction <= 1.0:
+            raise NodeInputError(node, "object_fraction", f"is {object_fraction}", "a fraction in (0, 1]")
+        object_size = max(1, round(object_fraction * size))
         alpha = mask[0].float()
         alpha = 1.0 - alpha if invert_mask else alpha
         if not (alpha > 0.5 / 255).any():
