@@ -52,9 +52,9 @@ def test_node_contract(cls):
             assert spec[1]["tooltip"], f"{cls.__name__}.{name} has no tooltip"
 
 
-def test_four_nodes_registered():
+def test_video_nodes_registered():
     assert set(video_nodes.NODE_CLASS_MAPPINGS) == {
-        "CVS_LoadVideo", "CVS_SaveVideo", "CVS_VideoToImages", "CVS_ImagesToVideo"}
+        "CVS_LoadVideo", "CVS_LoadImage", "CVS_SaveVideo", "CVS_VideoToImages", "CVS_ImagesToVideo"}
     assert CVS_SaveVideo.OUTPUT_NODE
     assert CVS_SaveVideo.INPUT_TYPES()["required"]["format"][0] == list(video_io.FORMATS)
 
