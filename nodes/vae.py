@@ -280,13 +280,18 @@ def convert_ldm_vae(state: Mapping[str, torch.Tensor], config: Mapping) -> dict[
     tensors: each result is traced back to the key it came from, every key must be used
     (``ValueError`` naming the others), and the real tensors are then placed (reshaped
     views, no copies). ``state`` without prefix (see :func:`ldm_vae_part`).
+
+    The tracing follows views back to their base tensor, which torch records only outside
+    inference mode, so it runs with inference mode off (ComfyUI executes nodes inside it).
     """
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
-    probes = {key: torch.empty(tuple(value.shape), device="meta") for key, value in state.items()}
+    with torch.inference_mode(False):
+        probes = {key: torch.empty(tuple(value.shape), device="meta") for key, value in state.items()}
+        converted = convert_ldm_vae_checkpoint(probes, dict(config))
     source = {id(probe): key for key, probe in probes.items()}
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
-    for new_key, probe in convert_ldm_vae_checkpoint(probes, dict(config)).items():
+    for new_key, probe in converted.items():
         key = source.get(id(probe if probe._base is None else probe._base))
         if key is None:
             raise ValueError(f"diffusers' converter produced {new_key} from no key of the checkpoint")

@@ -31,6 +31,8 @@ from typing import Any, Optional
 
 import pytest
 
+from consistent_video.nodes import families
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 PACK_FOLDER = "cvs-pack-under-test"  # deliberately not the repository's folder name
@@ -234,7 +236,9 @@ def _write_smoke_weights(models_dir: Path, staging: Path, env: dict) -> dict[str
     """Run the pack's own ``smoke-weights`` CLI and lay the result out as ComfyUI models.
 
     ``smoke-weights DIR`` writes ``DIR/<family>/``; each becomes
-    ``models_dir/<family>/cvs-smoke/``. Returns ``{family: entry name}``.
+    ``models_dir/<models folder>/cvs-smoke/`` (the family's ``folder_name``: families that
+    share a release share a folder, and their files are merged into one entry, as a user's
+    unzipped release would be). Returns ``{family: entry name}``.
     """
     cmd = [sys.executable, "-m", "consistent_video", "smoke-weights", str(staging)]
     done = subprocess.run(cmd, cwd=staging.parent, env=env, capture_output=True, text=True,
@@ -243,9 +247,10 @@ def _write_smoke_weights(models_dir: Path, staging: Path, env: dict) -> dict[str
         pytest.fail(f"`{' '.join(cmd)}` failed with status {done.returncode}:\n{done.stdout}\n{done.stderr}")
     entries = {}
     for family_dir in sorted(p for p in staging.iterdir() if p.is_dir()):
-        target = models_dir / family_dir.name / SMOKE_ENTRY
+        target = models_dir / families.get(family_dir.name).folder_name / SMOKE_ENTRY
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(family_dir), str(target))
+        shutil.copytree(family_dir, target, dirs_exist_ok=True)
+        shutil.rmtree(family_dir)
         entries[family_dir.name] = SMOKE_ENTRY
     if not entries:
         pytest.fail(f"`{' '.join(cmd)}` wrote no <family>/ folder into {staging}:\n{done.stdout}\n{done.stderr}")
@@ -287,7 +292,9 @@ def comfy(tmp_path_factory) -> ComfyServer:
     smoke_seconds = time.monotonic() - t0
 
     config = {"cvs_integration_test": {"custom_nodes": str(dirs["custom_nodes"]),
-                                       **{family: str(dirs["models"] / family) for family in smoke_entries}}}
+                                       **{families.get(family).folder_name:
+                                          str(dirs["models"] / families.get(family).folder_name)
+                                          for family in smoke_entries}}}
     config_path = tmp / "extra_model_paths.yaml"
     config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")  # JSON is YAML
 
@@ -354,7 +361,6 @@ def _set_ints(prompt: dict, object_info: dict, values: dict) -> list[str]:
 def _api_prompt(path: Path, comfy: ComfyServer, work: Optional[dict] = None) -> dict:
     """The example as an API prompt (the pack's own converter) with its loaders on the
     smoke weights, each family's ``smoke_overrides`` applied (as the demo does), plus ``work``."""
-    from consistent_video.nodes import families
     from consistent_video.nodes.runner import load_workflow
 
     prompt = load_workflow(path)

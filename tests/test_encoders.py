@@ -226,6 +226,15 @@ def test_ldm_conversion_is_pure_and_places_views_of_the_tensors():
         ldm["decoder.up.3.upsample.conv.weight"].data_ptr()
 
 
+def test_ldm_conversion_works_inside_inference_mode():
+    """ComfyUI runs nodes under torch.inference_mode(), where torch does not record views' bases."""
+    ldm = diffusers_to_ldm_vae(_tiny_diffusers_vae().state_dict())
+    outside = convert_ldm_vae(ldm, ldm_vae_config(ldm))
+    with torch.inference_mode():
+        inside = convert_ldm_vae(ldm, ldm_vae_config(ldm))
+    assert set(inside) == set(outside) and all(torch.equal(inside[k], outside[k]) for k in outside)
+
+
 def test_ldm_loading_is_strict(tmp_path):
     ldm = diffusers_to_ldm_vae(_tiny_diffusers_vae().state_dict())
     torch.save({**ldm, "encoder.extra.weight": torch.zeros(1), "loss.logvar": torch.zeros(())}, tmp_path / "extra.pth")

@@ -81,6 +81,14 @@ def test_smoke_folders_load_strictly_with_sizes_from_the_shapes(t2v, i2v):
     assert "image_encoder" in i2v.modules and "image_encoder" not in t2v.modules
 
 
+@pytest.mark.parametrize("name", fam.FAMILIES)
+def test_loading_works_inside_inference_mode(smoke_weights_dir, name):
+    """ComfyUI runs nodes (the loader included) under torch.inference_mode()."""
+    with torch.inference_mode():
+        handle = families.get(name).load(smoke_weights_dir / name, torch.device("cpu"), torch.float32)
+    assert set(handle.modules) >= {"unet", "text_encoder", "vae"}
+
+
 def test_checkpoint_of_the_other_mode_is_refused(smoke_weights_dir, tmp_path):
     folder = tmp_path / "mixed"
     shutil.copytree(smoke_weights_dir / fam.T2V, folder)
