@@ -321,6 +321,21 @@ def test_resize_is_kornias_antialiased_bicubic():
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
 
 
+def test_bilinear_resize_is_pils(clip):
+    """VideoMV's CLIP input: its 256x256 image resized to 224 with PIL's BILINEAR."""
+    import numpy as np
+    from PIL import Image
+    pixels = (torch.rand(256, 256, 3, generator=torch.Generator().manual_seed(7)) * 255).round().byte()
+    resized = Image.fromarray(pixels.numpy()).resize((224, 224), Image.BILINEAR)
+    want = torch.from_numpy(np.array(resized)).float().div(255).permute(2, 0, 1)[None]
+    got = clip_module._clip_pixels(pixels.float().div(255)[None], torch.device("cpu"), "bilinear")
+    assert (got * STD + MEAN - want).abs().max() < 1.5 / 255  # PIL rounds its result to 8 bits
+    embedder = TransformersCLIPEmbedder(clip, resize="bilinear")
+    torch.testing.assert_close(embedder.embed(pixels.float().div(255)[None]), clip(pixel_values=got).image_embeds)
+    with pytest.raises(ValueError, match="resize"):
+        TransformersCLIPEmbedder(clip, resize="nearest")
+
+
 def test_vision_keys_drops_exactly_the_text_side():
     state = {"text_model.embeddings.token_embedding.weight": 1, "text_model.final_layer_norm.bias": 2,
              "text_projection.weight": 3, "logit_scale": 4, "vision_model.post_layernorm.weight": 5,
