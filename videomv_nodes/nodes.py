@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 
-import torch
 
 from ..nodes import runtime
 from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras

@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..nodes.cameras import CameraBatch
+from ..nodes.tensor_files import read_versioned, write_atomic
 from .pointmaps import Pointmaps
 from .retrieval import Retrieval, RetrievalSettings, SurfelRender, render_surfels, retrieve
 from .surfel_index import MergeSettings, Rows, SurfelIndex
@@ -266,8 +264,6 @@ class SurfelMemory:
     # ---- persistence ------------------------------------------------------------------------
     def save(self, path: Union[str, Path]) -> Path:
         """Write the whole memory to ``path`` atomically (see the module doc); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors = self._index.tensors()
         tensors["frame.c2w"] = self._c2w.data.clone()
         tensors["frame.K"] = self._K.data.clone()
@@ -280,43 +276,12 @@ class SurfelMemory:
                  "merge_distance": self._index.merge_distance, "camera_size": self.camera_size,
                  "steps": self._steps}
         metadata = {"format": FORMAT, "version": str(FORMAT_VERSION), "state": json.dumps(state)}
-        fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        os.close(fd)
-        try:
-            _serialise(tensors, temporary, metadata=metadata)
-            with open(temporary, "r+b") as f:
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
-        if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(folder)
-            finally:
-                os.close(folder)
-        return path
+        return write_atomic(path, tensors, metadata, writer=_serialise)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SurfelMemory":
         """Read a file written by :meth:`save`. Raises :class:`MemoryFileError` saying what is wrong."""
-        path = Path(path)
-        if not path.is_file():
-            raise MemoryFileError(f"surfel memory file {path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as exc:
-            raise MemoryFileError(f"{path} is not a readable surfel memory file (truncated or corrupt? "
-                                  f"{type(exc).__name__}: {exc})") from None
-        if metadata.get("format") != FORMAT:
-            raise MemoryFileError(f"{path} is not a surfel memory file (format {metadata.get('format')!r})")
-        version = metadata.get("version", "?")
-        if not version.isdigit() or int(version) > FORMAT_VERSION:
-            raise MemoryFileError(f"{path} has format version {version}; this version of the pack reads up "
-                                  f"to version {FORMAT_VERSION}. Update the pack to load it.")
+        tensors, metadata = read_versioned(path, FORMAT, FORMAT_VERSION, "surfel memory file", MemoryFileError)
         try:
             state = json.loads(metadata["state"])
             memory = cls(SurfelSettings(**state["surfel_settings"]), MergeSettings(**state["merge_settings"]))
