@@ -26,15 +26,17 @@ Choices (the paper leaves them open; see the README):
   ``R_t = max over target queries of softmax over frames (q . K_t / sqrt(d))``, per head,
   then averaged over heads and over the batch (so both guidance branches merge the same
   frames). The cost is N_target x F_cond dot products per head.
-- **Merging**: the ``merge_ratio`` fraction of *memory* frames with the lowest R_t
-  (default the bottom half) have their tokens merged 2x2 in space (a frame's token grid
+- **Merging** (only when the call has memory videos): conditioning frames -- user and
+  memory -- are taken from the lowest R_t upward while they hold at most ``merge_ratio`` of
+  the conditioning tokens (default: the bottom half of the tokens; counting tokens, not
+  frames, makes the ratio mean the same whatever the mix of 1x2x2 / 1x4x4 / 1x8x8 frames),
+  and their tokens are merged 2x2 in space (a frame's token grid
   ``h x w`` becomes ``ceil(h/2) x ceil(w/2)``), by averaging the tokens (and their RoPE
   positions) of each 2x2 group that lies in the grid, or by a learned 2x2 stride-2 conv when
   merge weights are given. Merging at block 10 persists; block 20 scores the merged
   sequence and may merge a frame again. Conditioning tokens produce no output, so nothing is
-  unmerged. Target tokens and the user video (the video being re-rendered, at full
-  resolution) are never merged; the user frames take part in the softmax over frames. So
-  with no memory a call is exactly ReCamMaster's.
+  unmerged. Target tokens are never merged. Without memory videos nothing is merged, so such
+  a call is exactly ReCamMaster's.
 """
 from __future__ import annotations
 
@@ -222,36 +224,47 @@ def responsiveness(block, tokens: Tokens, temb_proj: torch.Tensor, rotary) -> to
     return frame_scores(q, k, spans)
 
 
-def choose_frames(scores: torch.Tensor, ratio: float) -> list[int]:
-    """Indices of the ``floor(ratio * len(scores))`` lowest scores, ascending (ties: the earlier frame
-    first): at most that fraction of the frames is merged."""
+def choose_frames(scores: torch.Tensor, ratio: float, sizes: Optional[Sequence[int]] = None) -> list[int]:
+    """The lowest-scoring frames holding at most ``ratio`` of the tokens, in index order.
+
+    Frames are taken from the lowest score upward (ties: the earlier frame first) and the
+    selection stops before the first frame that would exceed ``ratio * sum(sizes)`` tokens.
+    ``sizes`` (tokens per frame) defaults to 1 each, i.e. the bottom ``floor(ratio * F)`` frames.
+    """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"merge ratio must be in [0, 1]; got {ratio}")
-    count = int(math.floor(ratio * len(scores) + 1e-9))
-    order = sorted(range(len(scores)), key=lambda i: (float(scores[i]), i))
-    return sorted(order[:count])
+    sizes = [1] * len(scores) if sizes is None else list(sizes)
+    budget, taken, chosen = ratio * sum(sizes) + 1e-9, 0, []
+    for i in sorted(range(len(scores)), key=lambda i: (float(scores[i]), i)):
+        if taken + sizes[i] > budget:
+            break
+        taken += sizes[i]
+        chosen.append(i)
+    return sorted(chosen)
 
 
 # --------------------------------------------------------------------------- merging
-def _merge_grid(values: torch.Tensor, h: int, w: int, merger: Optional[torch.nn.Module]) -> torch.Tensor:
-    """``values`` ``[B, h*w, C]`` -> ``[B, ceil(h/2)*ceil(w/2), C]``: mean of each 2x2 group inside the
-    grid (a group cut by the edge averages its existing tokens), or ``merger`` (a 2x2 stride-2
-    conv) on the edge-replicated grid."""
+def _merge_grid(values: torch.Tensor, h: int, w: int, merger: Optional[torch.nn.Module],
+                window: int = 2) -> torch.Tensor:
+    """``values`` ``[B, h*w, C]`` -> ``[B, ceil(h/n)*ceil(w/n), C]`` (``n = window``): mean of each
+    ``n x n`` group inside the grid (a group cut by the edge averages its existing tokens), or
+    ``merger`` (an ``n x n`` stride-``n`` conv) on the edge-replicated grid."""
     b, _, c = values.shape
     grid = values.transpose(1, 2).reshape(b, c, h, w)
     if merger is None:
         exact = grid if grid.dtype == torch.float64 else grid.float()
-        out = F.avg_pool2d(exact, 2, 2, ceil_mode=True).to(values.dtype)
+        out = F.avg_pool2d(exact, window, window, ceil_mode=True).to(values.dtype)
     else:
-        grid = F.pad(grid, (0, w % 2, 0, h % 2), mode="replicate")
+        grid = F.pad(grid, (0, (-w) % window, 0, (-h) % window), mode="replicate")
         out = merger(grid.to(merger.weight.dtype)).to(values.dtype)
     return out.flatten(2).transpose(1, 2)
 
 
-def merge(tokens: Tokens, span_ids: Sequence[int], merger: Optional[torch.nn.Module] = None) -> Tokens:
-    """Merge the tokens of the frames ``span_ids`` (indices into ``tokens.frames``) 2x2 in
-    space; positions are averaged, cameras kept. Target frames are refused; a 1x1 frame cannot
-    shrink and is left as is."""
+def merge(tokens: Tokens, span_ids: Sequence[int], merger: Optional[torch.nn.Module] = None,
+          window: int = 2) -> Tokens:
+    """Merge the tokens of the frames ``span_ids`` (indices into ``tokens.frames``) in
+    ``window x window`` groups in space; positions are averaged, cameras kept. Target frames
+    are refused; a 1x1 frame cannot shrink and is left as is."""
     chosen = set(span_ids)
     if any(tokens.frames[i].role == "target" for i in chosen):
         raise ValueError("target tokens are never merged")
@@ -261,9 +274,9 @@ def merge(tokens: Tokens, span_ids: Sequence[int], merger: Optional[torch.nn.Mod
         x, pos, cam = tokens.x[:, rows], tokens.pos[rows], tokens.cam[rows]
         h, w = span.h, span.w
         if index in chosen and span.length > 1:
-            x = _merge_grid(x, h, w, merger)
-            pos = _merge_grid(pos[None], h, w, None)[0]
-            h, w = -(-h // 2), -(-w // 2)
+            x = _merge_grid(x, h, w, merger, window)
+            pos = _merge_grid(pos[None], h, w, None, window)[0]
+            h, w = -(-h // window), -(-w // window)
             cam = cam[:h * w]
         xs.append(x)
         poss.append(pos)
@@ -303,7 +316,7 @@ def _batched(latent: torch.Tensor, batch: int) -> torch.Tensor:
 def denoise(model: ReCamMasterTransformer, target: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor,
             target_cams: torch.Tensor, user: torch.Tensor, memory: Sequence[MemoryVideo] = (),
             merge_blocks: Sequence[int] = DEFAULT_MERGE_BLOCKS, merge_ratio: float = DEFAULT_MERGE_RATIO,
-            embedders: Optional[dict] = None, mergers: Optional[dict] = None,
+            merge_window: int = 2, embedders: Optional[dict] = None, mergers: Optional[dict] = None,
             report: Optional[CallReport] = None) -> torch.Tensor:
     """The model output (flow velocity) for the target latent.
 
@@ -338,14 +351,13 @@ def denoise(model: ReCamMasterTransformer, target: torch.Tensor, timestep: torch
         if index in merge_blocks and merge_ratio > 0 and tokens.count("memory"):
             scores = responsiveness(block, tokens, temb_proj, rotary)  # every conditioning frame
             cond = [i for i, f in enumerate(tokens.frames) if f.role != "target"]
-            memory_at = [j for j, i in enumerate(cond) if tokens.frames[i].role == "memory"]
-            picked = [memory_at[j] for j in choose_frames(scores[memory_at], merge_ratio)]
-            tokens = merge(tokens, [cond[j] for j in picked], mergers.get(index))
+            picked = choose_frames(scores, merge_ratio, [tokens.frames[i].length for i in cond])
+            tokens = merge(tokens, [cond[j] for j in picked], mergers.get(index), merge_window)
             rotary = tuple(r.to(target.device) for r in rope(tokens.pos, head_dim))
             if report is not None:
                 report.merges.append({"block": index, "scores": scores.tolist(), "merged": picked,
-                                      "frames": [(tokens.frames[cond[j]].video, tokens.frames[cond[j]].frame)
-                                                 for j in picked]})
+                                      "frames": [(tokens.frames[cond[j]].role, tokens.frames[cond[j]].video,
+                                                  tokens.frames[cond[j]].frame) for j in picked]})
         if report is not None:
             report.lengths.append(tokens.length)
         tokens.x = run_block(block, tokens, text, temb_proj, rotary)
