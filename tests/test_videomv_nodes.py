@@ -249,6 +249,7 @@ def test_prepare_node_centres_the_object_and_outputs_its_mask():
     assert out.shape == (1, 256, 256, 3) and mask.shape == (1, 256, 256)
     rows, cols = (mask[0] > 0.5).any(1).nonzero(), (mask[0] > 0.5).any(0).nonzero()
     assert int(cols[-1]) - int(cols[0]) + 1 == 200  # the longest side (45 px wide) became 200
+    assert abs((int(rows[0]) + int(rows[-1])) / 2 - 127.5) <= 3 and abs((int(cols[0]) + int(cols[-1])) / 2 - 127.5) <= 1
     assert torch.allclose(out[0, :5], torch.ones(5, 256, 3))  # white canvas
     # ComfyUI 'Load Image' masks are inverted alpha
     out_inv, _ = N.CVS_VideoMVPrepareImage().prepare(image, 1.0 - alpha, True, 256, 200 / 256, 1.0)
