@@ -25,6 +25,42 @@ DEPTH_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "depth_any
 ROOM = {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_room.png"}, "_meta": {"title": "Load start image"}}
 PATH_ACTIONS = "turn_left 30, move_forward 0.5, turn_right 60, move_backward 0.5, turn_left 30"
 VIDEOMV_PROMPT = "a red ceramic teapot"
+V2V_PROMPT = "a person walking across a sunny hillside landscape"
+V2V_PATHS = {  # three overlapping camera paths from the video's own first camera (OpenCV: y down, z forward)
+    "Turn 1: pan left": [{"position": [0, 0, 0], "look_at": [0, 0, 1]}, {"position": [0, 0, 0], "look_at": [-0.4, 0, 1]}],
+    "Turn 2: pan right": [{"position": [0, 0, 0], "look_at": [0, 0, 1]}, {"position": [0, 0, 0], "look_at": [0.4, 0, 1]}],
+    "Turn 3: pan left, half": [{"position": [0, 0, 0], "look_at": [0, 0, 1]},
+                               {"position": [0, 0, 0], "look_at": [-0.2, 0, 1]}],
+}
+
+
+def _memory_v2v_three_turns() -> dict:
+    """Three re-render turns of one video along overlapping paths, each conditioned on the earlier ones."""
+    graph = {
+        "1": {"class_type": "CVS_ModelLoader", "inputs": {"family": "recammaster"},
+              "_meta": {"title": "Load ReCamMaster"}},
+        "2": SAMPLE,
+        "3": {"class_type": "CVS_VideoMemory", "inputs": {"name": "v2v_three_turns", "reset": True},
+              "_meta": {"title": "Video memory (new each run)"}},
+        "4": {"class_type": "CVS_MemoryV2VEncodeSource", "inputs": {"model": ["1", 0], "video": ["2", 0], "frames": 41},
+              "_meta": {"title": "Encode the video (41 frames)"}},
+    }
+    memory = ["3", 0]
+    for turn, (title, keyframes) in enumerate(V2V_PATHS.items()):
+        path_id, render_id, save_id = (str(5 + 3 * turn + k) for k in range(3))
+        graph[path_id] = {"class_type": "CVS_KeyframeCameras",
+                          "inputs": {"keyframes": json.dumps(keyframes), "frames_per_segment": 40},
+                          "_meta": {"title": f"{title} (path)"}}
+        graph[render_id] = {"class_type": "CVS_MemoryV2VRerender",
+                            "inputs": {"model": ["1", 0], "memory": memory, "source": ["4", 0],
+                                       "cameras": [path_id, 0], "prompt": V2V_PROMPT, "seed": turn},
+                            "_meta": {"title": title}}
+        graph[save_id] = {"class_type": "CVS_SaveVideo",
+                          "inputs": {"images": [render_id, 0], "fps": ["2", 3], "format": "h264-mp4",
+                                     "filename_prefix": f"ConsistentVideo/v2v_turn{turn + 1}"},
+                          "_meta": {"title": f"Save turn {turn + 1}"}}
+        memory = [render_id, 2]
+    return graph
 
 EXAMPLES = {
     # Matte a clip: soft alpha as a grey video, and the foreground with alpha as a WebM.
@@ -138,6 +174,9 @@ EXAMPLES = {
                          "filename_prefix": "ConsistentVideo/videomv_views_cameras"},
               "_meta": {"title": "Save cameras (nerfstudio)"}},
     },
+    # Memory-V2V: the same video re-rendered three times along overlapping paths; every turn is
+    # conditioned on the earlier turns that saw the same directions.
+    "memory_v2v_three_turns": _memory_v2v_three_turns(),
 }
 
 
@@ -186,6 +225,13 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
                                             ("videomv_image_to_views", obj, 5.0, 1.7)):
         orbit = render_camera_preview(orbit_cameras(24, elevation, distance), 320, 180, "perspective")[0]
         pictures[name] = torch.cat([left, torch.ones(180, 4, 3), orbit], dim=1)
+    # Memory-V2V: the sample clip | the three turns' camera paths from above
+    from consistent_video.nodes import camera_formats
+    paths = [trajectories.keyframe_path(camera_formats.keyframes_from_text(json.dumps(k), 320, 180, 54.0), 40)
+             for k in V2V_PATHS.values()]
+    from consistent_video.nodes.cameras import CameraBatch
+    preview = render_camera_preview(CameraBatch.cat(paths), 320, 180, "top", frustum_size=0.15)[0]
+    pictures["memory_v2v_three_turns"] = torch.cat([frame, torch.ones(180, 4, 3), preview], dim=1)
     return pictures
 
 

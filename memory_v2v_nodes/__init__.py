@@ -1,1 +1,3 @@
 """Memory-V2V: multi-turn video re-rendering (ReCamMaster on Wan2.1) with a memory of earlier turns."""
+
+from .family import RECAMMASTER_BF16_FAMILY, RECAMMASTER_FAMILY  # noqa: F401  (registers the families)

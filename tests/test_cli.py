@@ -262,7 +262,8 @@ def test_bundled_example_runs_on_smoke_weights(path, tmp_path, smoke_weights_dir
     prompt = load_workflow(path)
     overrides = cli.smoke_overrides(prompt, smoke_weights_dir, written={})
     assert overrides, "every example loads a model, so smoke weights must be used here"
-    overrides.update({f"{node_id}.{name}": value for node_id, node in prompt.items()
-                      for name, value in SMALL.items() if name in node["inputs"]})
+    small = {f"{node_id}.{name}": value for node_id, node in prompt.items()
+             for name, value in SMALL.items() if name in node["inputs"]}
+    overrides.update({key: value for key, value in small.items() if key not in overrides})  # the family's win
     result = run_workflow(prompt, overrides=overrides, output_dir=tmp_path)
     assert result.files and all(f.exists() for f in result.files)

@@ -1,0 +1,187 @@
+"""Memory-V2V turns on smoke weights: the sampler against a hand-written flow-matching loop,
+text and VAE conventions, three turns through the nodes, Cancel and bad input."""
+import numpy as np
+import pytest
+import torch
+
+from consistent_video.memory_v2v_nodes import family as fam
+from consistent_video.memory_v2v_nodes import memory_forward as MF
+from consistent_video.memory_v2v_nodes import nodes as N
+from consistent_video.memory_v2v_nodes import pipeline as P
+from consistent_video.memory_v2v_nodes import text as T
+from consistent_video.memory_v2v_nodes.bank import VideoMemoryBank
+from consistent_video.nodes import families, runtime, trajectories
+from consistent_video.nodes.errors import NodeInputError
+
+FRAMES, W, H = 9, 64, 48
+
+
+@pytest.fixture(scope="module")
+def handle(smoke_weights_dir):
+    return families.get(fam.RECAMMASTER).load(smoke_weights_dir / fam.RECAMMASTER, torch.device("cpu"), torch.float32)
+
+
+def video(frames=12, seed=0):
+    return torch.rand(frames, 60, 80, 3, generator=torch.Generator().manual_seed(seed))
+
+
+def path(actions, frames=FRAMES):
+    return trajectories.navigate(actions, frames - 1, include_start=True, width=W, height=H)
+
+
+def test_both_checkpoint_layouts_load_through_the_loader(smoke_weights_dir):
+    for name in fam.FAMILIES:
+        h = families.get(name).load(smoke_weights_dir / name, torch.device("cpu"), torch.float32)
+        assert h.extra["has_camera_layers"] and set(h.modules) == {"transformer", "vae", "text_encoder"}
+        assert len(h.modules["transformer"].blocks) == 30
+    assert families.get(fam.RECAMMASTER).folder_name == families.get(fam.RECAMMASTER_BF16).folder_name
+
+
+# --------------------------------------------------------------------------- conventions
+def test_text_tokens_past_the_prompt_are_zero_and_conditioning_is_padded(handle):
+    tokens = T.encode_prompts(handle.modules["text_encoder"], handle.extra["tokenizer"], ["a red car", "the"])
+    assert tokens.shape == (2, 512, fam.SMOKE_TEXT_WIDTH)
+    lengths = (tokens.abs().sum(-1) > 0).sum(1).tolist()
+    assert lengths[0] > lengths[1] > 0 and tokens[:, max(lengths):].abs().sum() == 0
+    cond = [[torch.ones(1, 7, fam.SMOKE_TEXT_WIDTH), {"pooled_output": None}]]
+    fitted = T.from_conditioning(cond, fam.SMOKE_TEXT_WIDTH)
+    assert fitted.shape == (1, 512, fam.SMOKE_TEXT_WIDTH) and fitted[:, :7].eq(1).all() and fitted[:, 7:].eq(0).all()
+    with pytest.raises(ValueError, match="768 wide"):
+        T.from_conditioning([[torch.ones(1, 7, 768), {}]], fam.SMOKE_TEXT_WIDTH)
+
+
+def test_wan_codec_normalises_with_the_vae_statistics(handle):
+    vae = handle.modules["vae"]
+    clip = torch.rand(FRAMES, H, W, 3, generator=torch.Generator().manual_seed(2))
+    latent = P.WanCodec(vae).encode(clip)
+    assert latent.shape == (16, 3, H // 8, W // 8)
+    raw = vae.encode(clip.permute(3, 0, 1, 2)[None] * 2 - 1).latent_dist.mode()[0]
+    mean = torch.tensor(vae.config.latents_mean).view(-1, 1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(-1, 1, 1, 1)
+    torch.testing.assert_close(latent, (raw - mean) / std)
+    assert P.WanCodec(vae).decode(latent).shape == (FRAMES, H, W, 3)
+
+
+def test_fit_video_crops_never_stretches():
+    clip = torch.zeros(10, 40, 100, 3)
+    clip[:, :, 25:75] = 1.0  # a centre band wider than the 1:1 crop: only the band remains
+    out = P.fit_video(clip, P.TurnSettings(frames=9, width=32, height=32))
+    assert out.shape == (9, 32, 32, 3) and torch.allclose(out, torch.ones_like(out))
+    with pytest.raises(ValueError, match="has 10 frames"):
+        P.fit_video(clip, P.TurnSettings(frames=13, width=32, height=32))
+
+
+def test_camera_rows_take_every_fourth_frame():
+    cams = path([("turn_left", 20)])
+    rows = P.camera_rows(cams, FRAMES)
+    assert rows.shape == (3, 12)
+    torch.testing.assert_close(rows[1], cams.c2w[4, :3, :4].reshape(12))
+    with pytest.raises(ValueError, match="one camera per output frame"):
+        P.camera_rows(cams[:5], FRAMES)
+
+
+def test_sampler_is_flow_matching_euler_with_guidance(handle):
+    """``sample`` equals a hand-written loop: shifted sigmas, x += (s_next - s) * (u + cfg (c - u))."""
+    model = handle.modules["transformer"]
+    gen = torch.Generator().manual_seed(4)
+    user = torch.randn(16, 3, H // 8, W // 8, generator=gen)
+    text = torch.randn(2, 512, fam.SMOKE_TEXT_WIDTH, generator=gen)
+    rows = P.camera_rows(path([("turn_right", 10)]), FRAMES)
+    settings = P.TurnSettings(steps=3, cfg=4.0, shift=5.0, seed=7, frames=FRAMES, width=W, height=H)
+    got = P.sample(model, user, rows, text, [], settings)
+    base = np.linspace(1.0, 0.0, settings.steps + 1)[:-1]
+    sigmas = list(5.0 * base / (1 + 4.0 * base)) + [0.0]
+    x = torch.randn((1, 16, 3, H // 8, W // 8), generator=torch.Generator().manual_seed(7))
+    for s, s_next in zip(sigmas[:-1], sigmas[1:]):
+        t = torch.tensor([s * 1000.0] * 2)
+        out = MF.denoise(model, torch.cat([x, x]), t, text, rows, user[None])
+        c, u = out.chunk(2)
+        x = x + (s_next - s) * (u + 4.0 * (c - u))
+    torch.testing.assert_close(got, x[0], rtol=1e-3, atol=1e-4)  # float32 sigmas in the scheduler
+
+
+# --------------------------------------------------------------------------- nodes
+def _encode(handle, frames=FRAMES):
+    return N.CVS_MemoryV2VEncodeSource().encode(handle, video(), frames, W, H)
+
+
+def test_three_turns_remember_each_other(handle):
+    memory, info = N.CVS_VideoMemory().open("three", True)
+    assert info.startswith("0 turn")
+    source, fitted = _encode(handle)
+    assert fitted.shape == (FRAMES, H, W, 3) and source.latent.shape == (16, 3, H // 8, W // 8)
+    infos = []
+    for turn, actions in enumerate(([("turn_left", 10)], [("turn_right", 10)], [("turn_left", 5)])):
+        out_video, cams, memory, text = N.CVS_MemoryV2VRerender().rerender(
+            handle, memory, source, path(actions), "a street", "", turn, 2, 5.0, 6, 0.5)
+        assert out_video.shape == (FRAMES, H, W, 3) and len(cams) == FRAMES
+        infos.append(text)
+        assert len(VideoMemoryBank.load(memory.path)) == turn + 1
+    assert "retrieved 0 of 0" in infos[0] and "memory 0" in infos[0]
+    assert "retrieved 1 of 1" in infos[1] and "retrieved 2 of 2" in infos[2]
+    assert "block 10: merged" in infos[2] and "block 20: merged" in infos[2]
+    # the third path (half of the first) finds the first turn best
+    assert infos[2].splitlines()[1].startswith("  turn 0:")
+    summary, preview = N.CVS_VideoMemoryPreview().preview(memory, 6, path([("turn_left", 10)]))
+    assert "3 turn(s)" in summary and "score 1.000" in summary and preview.shape[-1] == 3
+    # reset starts anew
+    memory, info = N.CVS_VideoMemory().open("three", True)
+    assert len(VideoMemoryBank.load(memory.path)) == 0
+
+
+def test_cancelled_turn_adds_nothing(handle, monkeypatch):
+    memory, _ = N.CVS_VideoMemory().open("cancel", True)
+    source, _ = _encode(handle)
+    N.CVS_MemoryV2VRerender().rerender(handle, memory, source, path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    before = memory.path.read_bytes()
+    model = handle.modules["transformer"]
+    calls = []
+    real = MF.denoise
+
+    def denoise(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            runtime.request_interrupt()
+        return real(*args, **kwargs)
+    monkeypatch.setattr(P, "denoise", denoise)
+    with pytest.raises(runtime.Interrupted):
+        N.CVS_MemoryV2VRerender().rerender(handle, memory, source, path([("turn_right", 10)]), "", "", 1, 5, 5.0, 6,
+                                           0.5)
+    assert len(calls) == 2 and memory.path.read_bytes() == before
+    assert len(VideoMemoryBank.load(memory.path)) == 1
+    assert model is handle.modules["transformer"]
+
+
+def test_bad_input(handle):
+    memory, _ = N.CVS_VideoMemory().open("bad", True)
+    source, _ = _encode(handle)
+    rerender = N.CVS_MemoryV2VRerender().rerender
+    with pytest.raises(NodeInputError, match="'cameras' has 5 cameras for a 9-frame source"):
+        rerender(handle, memory, source, path([("turn_left", 10)], frames=5), "", "", 0, 1, 5.0, 6, 0.5)
+    with pytest.raises(NodeInputError, match="'model' got"):
+        rerender("model", memory, source, path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    with pytest.raises(NodeInputError, match="'source' got"):
+        rerender(handle, memory, torch.zeros(3), path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    with pytest.raises(NodeInputError, match="'positive'.*768 wide"):
+        rerender(handle, memory, source, path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5,
+                 positive=[[torch.zeros(1, 5, 768), {}]])
+    encode = N.CVS_MemoryV2VEncodeSource().encode
+    with pytest.raises(NodeInputError, match="'frames'.*4k \\+ 1"):
+        encode(handle, video(), 8, W, H)
+    with pytest.raises(NodeInputError, match="'video' .*has 12 frames"):
+        encode(handle, video(), 13, W, H)
+    with pytest.raises(NodeInputError, match="'width'"):
+        encode(handle, video(), FRAMES, 60, H)
+    with pytest.raises(NodeInputError, match="'video' got"):
+        encode(handle, torch.zeros(9, 48, 64), FRAMES, W, H)  # a MASK, not an IMAGE
+    with pytest.raises(NodeInputError, match="'name'"):
+        N.CVS_VideoMemory().open("../escape", False)
+    # a memory of another video size
+    rerender(handle, memory, source, path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    other, _ = N.CVS_MemoryV2VEncodeSource().encode(handle, video(), FRAMES, 32, 32)
+    cams = trajectories.navigate([("turn_left", 10)], FRAMES - 1, include_start=True, width=32, height=32)
+    with pytest.raises(NodeInputError, match="'memory' .*one video size"):
+        rerender(handle, memory, other, cams, "", "", 0, 1, 5.0, 6, 0.5)
+    memory.path.write_bytes(b"garbage")
+    with pytest.raises(NodeInputError, match="'memory' cannot be read"):
+        N.CVS_VideoMemoryPreview().preview(memory, 6)
