@@ -217,7 +217,6 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
     from consistent_video.videomv_nodes.pipeline import orbit_cameras
     from consistent_video.videomv_nodes.prepare import prepare_object_image
     from make_assets import render_object
-    import torch.nn.functional as F
     rgb, alpha = render_object()
     obj = prepare_object_image(rgb, alpha, size=180, object_size=140)
     card = _prompt_card(VIDEOMV_PROMPT, 180, 180)
