@@ -1,6 +1,7 @@
 """Memory-V2V cost benchmarks at smoke size on CPU; prints markdown rows for RESULTS.md.
 
-    python benchmarks/bench_memory_v2v.py
+    python benchmarks/bench_memory_v2v.py        # CPU, smoke size: tokens, FLOPs and time
+    python benchmarks/bench_memory_v2v.py gpu    # CUDA: real-size DiT, random weights, seconds per turn
 
 One denoising call of ReCamMaster (30 blocks, as released; width 256 = 2 heads of 128,
 FFN 512, random weights) on a target of 8 latent frames of 16 x 16 (so 64 native tokens per
@@ -13,6 +14,10 @@ Memory-V2V's rule), with the same inputs:
   wall time (median of 3) with adaptive token merging at blocks 10 and 20 vs without: the
   default (the lowest-responsiveness frames holding half of the conditioning tokens, merged
   2x2) and a stronger setting (three quarters of the tokens).
+
+``gpu``: the DiT at Wan2.1-T2V-1.3B's size (random weights, bf16) for one turn at 480x832,
+81 frames (21 latent frames), 50 steps with CFG, with 0, 3 and 6 memory videos; seconds per
+turn (DiT only: the VAE and text encoder run once per turn) and peak GPU memory.
 """
 from __future__ import annotations
 
@@ -103,5 +108,48 @@ def main() -> None:
                   f"{statistics.mean(lengths1):.0f} |")
 
 
+def bench_gpu() -> None:
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_memory_v2v.py gpu needs a CUDA GPU")
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    with torch.device("meta"):
+        model = ReCamMasterTransformer(**config_for_release())
+    model = model.to_empty(device=device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02, generator=generator)
+        model.rope = type(model.rope)(128, (1, 2, 2), 1024).to(device)
+    model = model.to(dtype).eval()
+    print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, DiT "
+          f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f}B parameters")
+    print("| memory videos | seconds per turn (50 steps, CFG) | peak GPU memory | tokens target / user / memory |")
+    print("|---|---|---|---|")
+    shape = (1, 16, 21, 60, 104)
+    for count in (0, 3, 6):
+        gen = torch.Generator(device=device).manual_seed(1)
+        x = torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+        user = torch.randn(*shape, generator=gen, device=device, dtype=dtype)
+        text = torch.randn(2, 512, 4096, generator=gen, device=device, dtype=dtype)
+        cams = torch.zeros(21, 12, device=device)
+        memory = [MF.MemoryVideo(torch.randn(*shape, generator=gen, device=device, dtype=dtype), cams,
+                                 "1x4x4" if i < 3 else "1x8x8") for i in range(count)]
+        report = MF.CallReport()
+        MF.denoise(model, torch.cat([x, x]), torch.tensor([999.0, 999.0], device=device), text, cams, user, memory,
+                   report=report)  # warm-up, token counts
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for step in range(50):
+            t = torch.tensor([1000.0 - 20 * step] * 2, device=device)
+            MF.denoise(model, torch.cat([x, x]), t, text, cams, user, memory)
+        torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+        tok = report.tokens
+        print(f"| {count} | {seconds:.1f} s | {peak:.1f} GiB | {tok['target']} / {tok['user']} / {tok['memory']} |")
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+    bench_gpu() if sys.argv[1:] == ["gpu"] else main()
