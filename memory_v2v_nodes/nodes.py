@@ -18,7 +18,10 @@ from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras
 from ..nodes.errors import NodeInputError, check_image, describe
 from ..nodes.families import ModelHandle
 from . import pipeline as P
+from ..nodes.weights import WeightsError
+from .adapters import load_adapters
 from .bank import BankFileError, VideoMemoryBank
+from .dinov2 import NAME as DINOV2, segment_descriptor
 from .family import FAMILIES, WAN_REPO
 from .memory_forward import SCALES, CallReport
 from .text import TEXT_LENGTH, encode_prompts, from_conditioning
@@ -31,6 +34,7 @@ SOURCE_TYPE = "CVS_V2V_SOURCE"
 FOLDER = "cvs_video_memory"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _T = P.TurnSettings()
+RETRIEVAL = ("camera (VideoFOV)", "appearance (DINOv2)")
 
 
 @dataclass(frozen=True)
@@ -180,11 +184,11 @@ def _text(node: str, handle: ModelHandle, prompt: str, negative: str, positive_c
     return torch.cat(out)
 
 
-def _report_text(picked, report: CallReport, bank: VideoMemoryBank) -> str:
+def _report_text(picked, report: CallReport, bank: VideoMemoryBank, how: str = "VideoFOV score") -> str:
     lines = [f"retrieved {len(picked)} of {len(bank)} turn(s)"]
     for rank, (index, score) in enumerate(picked):
         tokenizer = "1x4x4" if rank < P.FINE_TOKENIZED else "1x8x8"
-        lines.append(f"  turn {index}: VideoFOV score {score:.3f}, tokenized {tokenizer}")
+        lines.append(f"  turn {index}: {how} {score:.3f}, tokenized {tokenizer}")
     tokens = report.tokens
     lines.append(f"tokens: target {tokens.get('target', 0)}, user {tokens.get('user', 0)}, memory "
                  f"{tokens.get('memory', 0)}")
@@ -234,8 +238,17 @@ class CVS_MemoryV2VRerender:
                 "merge_ratio": ("FLOAT", {"default": _T.merge_ratio, "min": 0.0, "max": 1.0, "step": 0.05,
                                 "tooltip": "Share of the conditioning tokens, lowest responsiveness first, merged "
                                            "2x2 at blocks 10 and 20 (0 = off; only with memory)."}),
+                "retrieval": (list(RETRIEVAL), {"default": RETRIEVAL[0], "tooltip":
+                              "camera: earlier turns whose cameras saw the same directions (re-rendering). "
+                              "appearance: turns whose source segments look alike by DINOv2, the latest first "
+                              "(segments of a long video; needs 'dinov2')."}),
             },
             "optional": {
+                "adapter_weights": ("STRING", {"default": "", "tooltip": "Optional trained Memory-V2V adapters "
+                                    "(.safetensors: coarse_embedding.1x4x4/1x8x8.*, token_merge.<block>.*); empty = "
+                                    "the parameter-free defaults (tiled patch kernel, averaging)."}),
+                "dinov2": ("CVS_MODEL", {"tooltip": "DINOv2 from 'CVS Model Loader' (family dinov2): stores each "
+                                                    "turn's source descriptor, used by appearance retrieval."}),
                 "positive": ("CONDITIONING", {"tooltip": "Optional umT5 text from ComfyUI's CLIP Text Encode "
                                                          "(Load CLIP: umt5_xxl, type wan)."}),
                 "negative": ("CONDITIONING", {"tooltip": "Optional umT5 text of the unconditional branch."}),
@@ -243,7 +256,7 @@ class CVS_MemoryV2VRerender:
         }
 
     def rerender(self, model, memory, source, cameras, prompt, negative_prompt, seed, steps, cfg, top_k,
-                 merge_ratio, positive=None, negative=None):
+                 merge_ratio, retrieval=RETRIEVAL[0], adapter_weights="", dinov2=None, positive=None, negative=None):
         node = self.DISPLAY_NAME
         handle = _check_model(node, model)
         memory = _check_memory(node, memory)
@@ -262,9 +275,30 @@ class CVS_MemoryV2VRerender:
             raise NodeInputError(node, "steps" if "steps" in str(exc) else "top_k", str(exc)) from None
         if "vae" not in handle.modules:
             raise NodeInputError(node, "model", f"{handle.source} has no vae/ folder", "the Wan VAE in vae/")
+        if retrieval not in RETRIEVAL:
+            raise NodeInputError(node, "retrieval", f"is {retrieval!r}", f"one of {', '.join(RETRIEVAL)}")
+        descriptor = None
+        if dinov2 is not None:
+            if not (isinstance(dinov2, ModelHandle) and dinov2.family == DINOV2):
+                raise NodeInputError(node, "dinov2", f"got {describe(dinov2)}",
+                                     "a model from 'CVS Model Loader' with family 'dinov2'")
+            runtime.load_to_device([dinov2.modules["model"]], dinov2.device)
+            descriptor = segment_descriptor(dinov2.modules["model"], source.frames)
+        elif retrieval == RETRIEVAL[1]:
+            raise NodeInputError(node, "dinov2", "is not connected but retrieval is by appearance",
+                                 "a DINOv2 model (family dinov2), or retrieval by camera")
+        adapters = None
+        if adapter_weights and adapter_weights.strip():
+            try:
+                adapters = load_adapters(Path(adapter_weights.strip()).expanduser(), handle.modules["transformer"])
+            except WeightsError as exc:
+                raise NodeInputError(node, "adapter_weights", str(exc)) from None
         bank = _read(node, memory)
         text = _text(node, handle, prompt, negative_prompt, positive, negative)
-        picked = P.retrieve(bank, cameras, settings)
+        if retrieval == RETRIEVAL[1]:
+            picked, how = P.retrieve_by_appearance(bank, descriptor, settings.top_k), "DINOv2 cosine"
+        else:
+            picked, how = P.retrieve(bank, cameras, settings), "VideoFOV score"
         try:
             videos = P.memory_videos(bank, picked, tuple(source.latent.shape))
         except ValueError as exc:
@@ -275,11 +309,11 @@ class CVS_MemoryV2VRerender:
         report = CallReport()
         with runtime.Progress(settings.steps + 1, node) as bar:
             latent = P.sample(handle.modules["transformer"], source.latent, P.camera_rows(cameras, base.frames),
-                              text, videos, settings, progress=bar.update, report=report)
+                              text, videos, settings, progress=bar.update, report=report, adapters=adapters)
             video = P.WanCodec(handle.modules["vae"]).decode(latent)
             bar.update(1)
-        info = _report_text(picked, report, bank)
-        bank.add(P.make_turn(latent, cameras, prompt))  # only now: a failed or cancelled turn adds nothing
+        info = _report_text(picked, report, bank, how)
+        bank.add(P.make_turn(latent, cameras, prompt, descriptor))  # only now: a failed or cancelled turn adds nothing
         bank.save(memory.path)
         return video, cameras, memory, info + f"\nthe memory now holds {len(bank)} turn(s)"
 

@@ -34,7 +34,7 @@ from ..nodes.cameras import CameraBatch
 from ..nodes.tensor_checks import module_place
 from .bank import Turn, VideoMemoryBank
 from .memory_forward import DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemoryVideo, denoise
-from .retrieval import rank_by_fov
+from .retrieval import rank_by_appearance, rank_by_fov
 
 TEMPORAL_STRIDE = 4  # Wan VAE: 4 frames per latent frame after the first
 SPATIAL_STRIDE = 8
@@ -133,6 +133,18 @@ def retrieve(bank: VideoMemoryBank, target: CameraBatch, settings: TurnSettings)
     return [(candidates[i], score) for i, score in ranked]
 
 
+def retrieve_by_appearance(bank: VideoMemoryBank, descriptor: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
+    """Top-k turns by DINOv2 similarity of their source segments to ``descriptor`` (``[D]``), the
+    most recent turn that has a descriptor always first (``[(turn index, cosine)]``)."""
+    candidates = [i for i, t in enumerate(bank.turns) if t.descriptor is not None
+                  and t.descriptor.shape == descriptor.shape]
+    if not candidates or top_k == 0:
+        return []
+    ranked = rank_by_appearance(descriptor, [bank.turns[i].descriptor for i in candidates], top_k,
+                                recent=len(candidates) - 1)
+    return [(candidates[i], score) for i, score in ranked]
+
+
 def memory_videos(bank: VideoMemoryBank, picked: Sequence[tuple[int, float]], latent_shape) -> list[MemoryVideo]:
     """The retrieved turns as conditioning videos (best 3 at 1x4x4, the rest at 1x8x8)."""
     out = []
@@ -158,9 +170,11 @@ def schedule(steps: int, shift: float):
 @torch.no_grad()
 def sample(model, user_latent: torch.Tensor, target_rows: torch.Tensor, text: torch.Tensor,
            memory: Sequence[MemoryVideo], settings: TurnSettings, progress: Progress = None,
-           report: Optional[CallReport] = None) -> torch.Tensor:
+           report: Optional[CallReport] = None, adapters: Optional[tuple] = None) -> torch.Tensor:
     """The target latent ``[16, F', h, w]`` (float32, CPU). ``text`` ``[2, L, D]``: conditional then
-    unconditional tokens. ``report`` gets the first call's token counts and merges."""
+    unconditional tokens. ``report`` gets the first call's token counts and merges. ``adapters``:
+    ``(embedders, mergers)`` from :func:`.adapters.load_adapters` (default: parameter-free)."""
+    embedders, mergers = adapters or ({}, {})
     device, dtype = module_place(model)
     generator = torch.Generator().manual_seed(int(settings.seed))
     x = torch.randn((1,) + tuple(user_latent.shape), generator=generator).to(device)
@@ -172,7 +186,7 @@ def sample(model, user_latent: torch.Tensor, target_rows: torch.Tensor, text: to
     for i, t in enumerate(scheduler.timesteps):
         out = denoise(model, torch.cat([x, x]).to(dtype), t.expand(2).to(device), text, rows, user, mem,
                       merge_blocks=settings.merge_blocks, merge_ratio=settings.merge_ratio,
-                      report=report if i == 0 else None).float()
+                      embedders=embedders, mergers=mergers, report=report if i == 0 else None).float()
         cond, uncond = out.chunk(2)
         x = scheduler.step(uncond + settings.cfg * (cond - uncond), t, x).prev_sample
         if progress is not None:
@@ -180,6 +194,7 @@ def sample(model, user_latent: torch.Tensor, target_rows: torch.Tensor, text: to
     return x[0].cpu()
 
 
-def make_turn(latent: torch.Tensor, cameras: CameraBatch, prompt: str) -> Turn:
-    """The bank entry of a finished camera turn."""
-    return Turn(latent, cameras, None, prompt, "camera")
+def make_turn(latent: torch.Tensor, cameras: CameraBatch, prompt: str,
+              descriptor: Optional[torch.Tensor] = None) -> Turn:
+    """The bank entry of a finished turn (``descriptor``: its source segment's DINOv2 mean, if computed)."""
+    return Turn(latent, cameras, descriptor, prompt, "camera")
