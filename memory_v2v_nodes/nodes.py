@@ -6,7 +6,6 @@ retrieval :mod:`.retrieval`, the bank :mod:`.bank`.
 from __future__ import annotations
 
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +15,8 @@ from ..nodes import runtime
 from ..nodes.camera_preview import render_camera_preview
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras
 from ..nodes.errors import NodeInputError, check_image, describe
-from ..nodes.families import ModelHandle
+from ..nodes.families import ModelHandle, check_model
+from ..nodes.state_files import always_rerun, check_name, state_path
 from . import pipeline as P
 from ..nodes.weights import WeightsError
 from .adapters import load_adapters
@@ -32,7 +32,6 @@ CATEGORY = "Consistent Video/Memory-V2V"
 MEMORY_TYPE = "CVS_VIDEO_MEMORY"
 SOURCE_TYPE = "CVS_V2V_SOURCE"
 FOLDER = "cvs_video_memory"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 _T = P.TurnSettings()
 RETRIEVAL = ("camera (VideoFOV)", "appearance (DINOv2)")
 
@@ -55,18 +54,6 @@ class Source:
     frames: torch.Tensor
     latent: torch.Tensor
     settings: P.TurnSettings
-
-
-def _always_rerun(cls, **_):
-    return float("nan")  # the memory file is the state: never reuse a cached result
-
-
-def _check_model(node: str, model) -> ModelHandle:
-    if isinstance(model, ModelHandle) and model.family in FAMILIES:
-        return model
-    got = f"a '{model.family}' model" if isinstance(model, ModelHandle) else describe(model)
-    raise NodeInputError(node, "model", f"got {got}", "a model from 'CVS Model Loader' with family 'recammaster' "
-                                                     "or 'recammaster_bf16'")
 
 
 def _check_memory(node: str, value) -> VideoMemory:
@@ -97,7 +84,7 @@ class CVS_VideoMemory:
     RETURN_NAMES = ("memory", "info")
     OUTPUT_TOOLTIPS = ("The memory, for re-render turns and the preview.", "What it holds.")
     FUNCTION = "open"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -108,12 +95,11 @@ class CVS_VideoMemory:
 
     def open(self, name, reset):
         node = self.DISPLAY_NAME
-        if not isinstance(name, str) or not _NAME.match(name.strip()):
-            raise NodeInputError(node, "name", f"is {name!r}", "1-128 letters, digits, '_', '.' or '-'")
-        path = runtime.output_dir() / FOLDER / f"{name.strip()}.safetensors"
+        name = check_name(node, name)
+        path = state_path(FOLDER, name)
         if reset or not path.exists():
             VideoMemoryBank().save(path)
-        memory = VideoMemory(name.strip(), path)
+        memory = VideoMemory(name, path)
         return memory, _summary(_read(node, memory))
 
 
@@ -142,7 +128,7 @@ class CVS_MemoryV2VEncodeSource:
 
     def encode(self, model, video, frames, width, height):
         node = self.DISPLAY_NAME
-        handle = _check_model(node, model)
+        handle = check_model(node, "model", model, FAMILIES)
         video = check_image(node, "video", video)
         try:
             settings = P.TurnSettings(frames=frames, width=width, height=height)
@@ -212,7 +198,7 @@ class CVS_MemoryV2VRerender:
     OUTPUT_TOOLTIPS = ("The re-rendered frames.", "Their cameras.", "The memory with this turn added.",
                        "Which turns were retrieved, their scores and the token counts.")
     FUNCTION = "rerender"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -258,7 +244,7 @@ class CVS_MemoryV2VRerender:
     def rerender(self, model, memory, source, cameras, prompt, negative_prompt, seed, steps, cfg, top_k,
                  merge_ratio, retrieval=RETRIEVAL[0], adapter_weights="", dinov2=None, positive=None, negative=None):
         node = self.DISPLAY_NAME
-        handle = _check_model(node, model)
+        handle = check_model(node, "model", model, FAMILIES)
         memory = _check_memory(node, memory)
         if not isinstance(source, Source):
             raise NodeInputError(node, "source", f"got {describe(source)}",
@@ -279,9 +265,7 @@ class CVS_MemoryV2VRerender:
             raise NodeInputError(node, "retrieval", f"is {retrieval!r}", f"one of {', '.join(RETRIEVAL)}")
         descriptor = None
         if dinov2 is not None:
-            if not (isinstance(dinov2, ModelHandle) and dinov2.family == DINOV2):
-                raise NodeInputError(node, "dinov2", f"got {describe(dinov2)}",
-                                     "a model from 'CVS Model Loader' with family 'dinov2'")
+            check_model(node, "dinov2", dinov2, DINOV2)
             runtime.load_to_device([dinov2.modules["model"]], dinov2.device)
             descriptor = segment_descriptor(dinov2.modules["model"], source.frames)
         elif retrieval == RETRIEVAL[1]:
@@ -327,7 +311,7 @@ class CVS_VideoMemoryPreview:
     RETURN_NAMES = ("info", "preview")
     OUTPUT_TOOLTIPS = ("Turns, scores and token counts.", "Top view of every turn's cameras (and the path).")
     FUNCTION = "preview"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):

@@ -88,14 +88,20 @@ class Family:
         return self.models_folder or self.name
 
 
-def check_model(node: str, name: str, value, family: str) -> ModelHandle:
-    """Return ``value`` if it is a :class:`ModelHandle` of ``family``, else raise a
-    ``NodeInputError`` naming the node, the input and the family expected."""
+def check_model(node: str, name: str, value, family: str | tuple[str, ...], hint: str = "") -> ModelHandle:
+    """Return ``value`` if it is a :class:`ModelHandle` of ``family`` (one name, or a tuple of the
+    names accepted), else raise a ``NodeInputError`` naming the node, the input and the families
+    expected. ``hint`` is added after what was got when the value is a model of another family."""
     from .errors import NodeInputError, describe
-    if isinstance(value, ModelHandle) and value.family == family:
+    accepted = (family,) if isinstance(family, str) else tuple(family)
+    if isinstance(value, ModelHandle) and value.family in accepted:
         return value
-    got = f"a '{value.family}' model" if isinstance(value, ModelHandle) else describe(value)
-    raise NodeInputError(node, name, f"got {got}", f"a model from 'CVS Model Loader' with family '{family}'")
+    if isinstance(value, ModelHandle):
+        got = f"a '{value.family}' model" + (f" ({hint})" if hint else "")
+    else:
+        got = describe(value)
+    names = " or ".join(f"'{f}'" for f in accepted)
+    raise NodeInputError(node, name, f"got {got}", f"a model from 'CVS Model Loader' with family {names}")
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -18,6 +18,25 @@ def output_dir(tmp_path: Path, monkeypatch) -> Path:
     runtime.clear_interrupt()
 
 
+@pytest.fixture
+def cancel_on_call(monkeypatch):
+    """``cancel_on_call(owner, name, n)`` replaces ``owner.<name>`` (a function, method or
+    module attribute) by a wrapper that presses Cancel (``runtime.request_interrupt``) during
+    its ``n``-th call and then calls the original; returns the list that gets one entry per call."""
+    def install(owner, name: str, n: int) -> list:
+        original = getattr(owner, name)
+        calls = []
+
+        def wrapper(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == n:
+                runtime.request_interrupt()
+            return original(*args, **kwargs)
+        monkeypatch.setattr(owner, name, wrapper)
+        return calls
+    return install
+
+
 @pytest.fixture(scope="session")
 def smoke_weights_dir(tmp_path_factory) -> Path:
     """A folder holding ``<family>/`` smoke weights for every registered family."""

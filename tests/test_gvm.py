@@ -432,7 +432,7 @@ def test_file_node_streams_every_frame(handle, tmp_path):
     assert video_io.probe(paths[1]).has_alpha
 
 
-def test_file_node_bad_input_and_cancel_leave_nothing(handle, tmp_path, monkeypatch):
+def test_file_node_bad_input_and_cancel_leave_nothing(handle, tmp_path, cancel_on_call):
     from consistent_video.gvm_nodes.nodes import CVS_GVMMatteVideoFile
     from consistent_video.nodes import video_io
     runtime.configure_standalone(output=tmp_path / "out")
@@ -445,16 +445,7 @@ def test_file_node_bad_input_and_cancel_leave_nothing(handle, tmp_path, monkeypa
     clip = tmp_path / "clip.mp4"
     with video_io.VideoWriter(clip, 25, "h264-mp4", 32, 32) as out:
         out.write(torch.rand(9, 32, 32, 3))
-    calls = []
-    original = GVMMatter.matte_window
-
-    def cancel_in_third_window(self, frames):
-        calls.append(1)
-        if len(calls) == 3:  # frames of the first windows are already written by now
-            runtime.request_interrupt()
-        return original(self, frames)
-
-    monkeypatch.setattr(GVMMatter, "matte_window", cancel_in_third_window)
+    calls = cancel_on_call(GVMMatter, "matte_window", 3)  # the first windows' frames are written by then
     try:
         with pytest.raises(runtime.Interrupted):
             CVS_GVMMatteVideoFile().run(handle, str(clip), **{**FILE_ARGS, "frames_per_window": 2, "overlap": 0,

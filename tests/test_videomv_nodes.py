@@ -344,17 +344,8 @@ def test_wrong_model_and_batch(t2v, i2v):
         N.CVS_VideoMVTextToViews().generate(t2v, "a chair", 0, 1, 9.0, 15.0, 2.0, 100, P.NEGATIVE_PROMPT)
 
 
-def test_cancel_stops_sampling(t2v, monkeypatch):
-    unet = t2v.modules["unet"]
-    calls = []
-    real_forward = unet.forward
-
-    def forward(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 2:
-            runtime.request_interrupt()
-        return real_forward(*args, **kwargs)
-    monkeypatch.setattr(unet, "forward", forward)
+def test_cancel_stops_sampling(t2v, cancel_on_call):
+    calls = cancel_on_call(t2v.modules["unet"], "forward", 2)
     with pytest.raises(runtime.Interrupted):
         N.CVS_VideoMVTextToViews().generate(t2v, "a chair", 0, 10, 9.0, 15.0, 2.0, RES, P.NEGATIVE_PROMPT)
     assert len(calls) == 2  # stopped at the step after the request, not at the end

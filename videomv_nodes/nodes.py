@@ -12,8 +12,8 @@ from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
 from ..nodes.clip import TransformersCLIPEmbedder
 from ..nodes.clip_text import TransformersCLIPTextEmbedder
-from ..nodes.errors import NodeInputError, check_image, check_mask, describe
-from ..nodes.families import ModelHandle
+from ..nodes.errors import NodeInputError, check_image, check_mask
+from ..nodes.families import ModelHandle, check_model
 from ..nodes.vae import SD_SCALING_FACTOR, DiffusersVAECodec
 from .family import FAMILIES, I2V, T2V
 from .pipeline import NEGATIVE_PROMPT, ViewSettings, generate, i2v_conditioning, orbit_cameras, square_image, \
@@ -29,18 +29,15 @@ CAMERA_DATA_TYPE = "CVS_VIDEOMV_CAMERA_DATA"
 """ComfyUI type of VideoMV's camera data: a float32 tensor ``[views, 16]``, per view the
 row-major 4x4 camera-to-world in VideoMV's axis convention (``to_videomv_cameras``)."""
 
+_MODES_HINT = "the text and image modes are separate checkpoints: pick the family in the loader"
 _CAMERAS_OUT = ("The views' cameras (OpenCV camera-to-world, object at the origin; VideoMV's 39.6 degree field of "
                 "view), for 3D reconstruction or other CVS camera nodes.")
 
 
-def _check_model(node: str, model, family: str) -> ModelHandle:
-    if isinstance(model, ModelHandle) and model.family == family:
-        return model
-    got = f"a '{model.family}' model" if isinstance(model, ModelHandle) else describe(model)
-    hint = ""
-    if isinstance(model, ModelHandle) and model.family in FAMILIES:
-        hint = " (the text and image modes are separate checkpoints: pick the family in the loader)"
-    raise NodeInputError(node, "model", f"got {got}{hint}", f"a model from 'CVS Model Loader' with family '{family}'")
+def _check_mode(node: str, model, family: str) -> ModelHandle:
+    """The model input of a sampler node; a model of the other VideoMV mode gets a hint."""
+    other_mode = isinstance(model, ModelHandle) and model.family in FAMILIES
+    return check_model(node, "model", model, family, _MODES_HINT if other_mode else "")
 
 
 def _view_cameras(node: str, handle: ModelHandle, cameras, elevation: float, distance: float,
@@ -240,7 +237,7 @@ class CVS_VideoMVTextToViews:
     def generate(self, model, prompt, seed, steps, guidance, elevation, distance, resolution, negative_prompt,
                  cameras=None):
         node = self.DISPLAY_NAME
-        handle = _check_model(node, model, T2V)
+        handle = _check_mode(node, model, T2V)
         if not isinstance(prompt, str) or not prompt.strip():
             raise NodeInputError(node, "prompt", "is empty", "a description of the object, e.g. 'a red teapot'")
         settings = _settings(node, guidance, steps, seed, resolution)
@@ -276,7 +273,7 @@ class CVS_VideoMVImageToViews:
     def generate(self, model, image, seed, steps, guidance, elevation, distance, resolution, negative_prompt,
                  cameras=None):
         node = self.DISPLAY_NAME
-        handle = _check_model(node, model, I2V)
+        handle = _check_mode(node, model, I2V)
         image = check_image(node, "image", image)
         if image.shape[0] != 1:
             raise NodeInputError(node, "image", f"has {image.shape[0]} images", "one object image")

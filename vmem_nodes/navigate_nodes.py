@@ -14,13 +14,14 @@ import torch
 from ..nodes import runtime, trajectories
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
 from ..nodes.clip import ComfyCLIPVisionEmbedder, TransformersCLIPEmbedder
-from ..nodes.errors import NodeInputError, check_image, describe
+from ..nodes.errors import NodeInputError, check_image
 from ..nodes.families import ModelHandle, check_model
 from ..nodes.vae import ComfyVAECodec, DiffusersVAECodec
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .family import FAMILIES
 from .navigation import FIT_MODES, NavigationSettings, Navigator, crop_region, fit_square, square_cameras
-from .nodes import CATEGORY, MEMORY_TYPE, _always_rerun, _changing, _check_bank, _summary
+from ..nodes.state_files import always_rerun
+from .nodes import CATEGORY, MEMORY_TYPE, _changing, _check_bank, _summary
 from .pipeline import GenerationError, GenerationSettings
 from .pointmaps import DepthModelProvider
 from .retrieval import RetrievalSettings
@@ -81,7 +82,7 @@ def _optional_inputs() -> dict:
 
 def _prepare(node: str, model, depth_model, vae, clip_vision, steps, cfg, cfg_min, guider, seed, context_views,
              camera_scale, start_depth, progress) -> Navigator:
-    handle: ModelHandle = _check_vmem_model(node, model)
+    handle: ModelHandle = check_model(node, "model", model, FAMILIES)
     depth = check_model(node, "depth_model", depth_model, DEPTH_FAMILY)
     settings = NavigationSettings(GenerationSettings(steps=steps, cfg=cfg, cfg_min=cfg_min, guider=guider,
                                                      camera_scale=camera_scale),
@@ -134,11 +135,6 @@ def _knobs(steps, cfg, cfg_min, guider, seed, context_views, camera_scale, start
                 camera_scale=camera_scale, start_depth=start_depth)
 
 
-def _check_vmem_model(node: str, model) -> ModelHandle:
-    if isinstance(model, ModelHandle) and model.family in FAMILIES:
-        return model
-    got = f"a '{model.family}' model" if isinstance(model, ModelHandle) else describe(model)
-    raise NodeInputError(node, "model", f"got {got}", "a model from 'CVS Model Loader' with family 'vmem' or 'seva'")
 
 
 def _start(node: str, navigator: Navigator, store, image, resolution: int, fit: str, fov: float,
@@ -180,7 +176,7 @@ class CVS_VMemNavigate:
                        "Their cameras (OpenCV, the walk's world).", "The memory, saved.",
                        "What happened, with the context views used.")
     FUNCTION = "navigate"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -225,7 +221,7 @@ class CVS_VMemWalk:
     OUTPUT_TOOLTIPS = ("The walk's frames of this run (starting with the starting image when the walk starts).",
                        "Their cameras.", "The memory, saved.", "What happened, with the context views per call.")
     FUNCTION = "walk"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):

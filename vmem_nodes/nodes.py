@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from ..nodes import camera_preview, runtime
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, unproject
 from ..nodes.errors import NodeInputError, check_image, check_mask, describe
 from ..nodes.families import check_model
+from ..nodes.state_files import EXTENSION, always_rerun, check_name, state_path
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .memory import MemoryFileError, SurfelMemory
 from .pointmaps import DepthModelProvider, Pointmaps
@@ -39,9 +39,7 @@ log = logging.getLogger("consistent_video")
 CATEGORY = "Consistent Video/VMem"
 MEMORY_TYPE = "CVS_SURFEL_MEMORY"
 FOLDER = "cvs_memory"
-EXTENSION = ".safetensors"
 DEPTH_CHUNK = 4  # frames per depth-model batch
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
 
 @dataclass(frozen=True)
@@ -57,7 +55,7 @@ class MemoryBank:
 
 def bank_path(name: str) -> Path:
     """``<output>/cvs_memory/<name>.safetensors``."""
-    return runtime.output_dir() / FOLDER / f"{name}{EXTENSION}"
+    return state_path(FOLDER, name)
 
 
 def _check_bank(node: str, value) -> MemoryBank:
@@ -123,10 +121,6 @@ def _summary(memory: SurfelMemory) -> str:
     return f"{memory.num_frames} frames in {memory.num_steps} steps, {memory.num_surfels} surfels"
 
 
-def _always_rerun(cls, **_):
-    return float("nan")  # the state is the file: never reuse a cached result
-
-
 # --------------------------------------------------------------------------- create / load
 _S, _M = SurfelSettings(), MergeSettings()
 
@@ -143,7 +137,7 @@ class CVS_SurfelMemory:
     OUTPUT_TOOLTIPS = ("The named memory; chain it through the memory nodes in the order they should run.",
                        "What the memory holds.")
     FUNCTION = "open"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -167,10 +161,7 @@ class CVS_SurfelMemory:
 
     def open(self, name, reset, grid_size, max_depth_quantile, radius_scale, normal_threshold):
         node = self.DISPLAY_NAME
-        name = str(name).strip()
-        if not _NAME.match(name) or name.endswith(".previous"):
-            raise NodeInputError(node, "name", f"is '{name}'", "1-128 letters, digits, '_', '-' or '.', starting "
-                                 "with a letter or digit (no folders)")
+        name = check_name(node, name)
         surfel = dataclasses.replace(_S, grid_size=grid_size, max_depth_quantile=max_depth_quantile,
                                      radius_scale=radius_scale)
         merge = dataclasses.replace(_M, normal_threshold=normal_threshold)
@@ -217,7 +208,7 @@ class CVS_SurfelMemoryAddFrames:
     RETURN_NAMES = ("memory", "report")
     OUTPUT_TOOLTIPS = ("The memory, with the frames added and saved.", "Frames and surfels added.")
     FUNCTION = "add"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -312,7 +303,7 @@ class CVS_SurfelMemoryRetrieve:
     OUTPUT_TOOLTIPS = ("The selected memorised frames, nearest first.", "Their cameras.",
                        "Their frame indices in the memory, comma separated.", "How many views were selected.")
     FUNCTION = "retrieve"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -371,7 +362,7 @@ class CVS_SurfelMemoryFrames:
     RETURN_NAMES = ("images", "cameras", "count")
     OUTPUT_TOOLTIPS = ("The frames as memorised (square for VMem walks).", "Their cameras.", "How many frames.")
     FUNCTION = "frames"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -410,7 +401,7 @@ class CVS_SurfelMemoryUndo:
     RETURN_NAMES = ("memory", "report")
     OUTPUT_TOOLTIPS = ("The memory with the steps removed (saved).", "What was removed.")
     FUNCTION = "undo"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -444,7 +435,7 @@ class CVS_SurfelMemoryPreview:
     RETURN_NAMES = ("image", "info")
     OUTPUT_TOOLTIPS = ("The preview [1, height, width, 3].", "What the memory holds.")
     FUNCTION = "preview"
-    IS_CHANGED = classmethod(_always_rerun)
+    IS_CHANGED = classmethod(always_rerun)
 
     @classmethod
     def INPUT_TYPES(cls):
