@@ -16,7 +16,7 @@ from ..nodes.camera_preview import render_camera_preview
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras
 from ..nodes.errors import NodeInputError, check_image, describe
 from ..nodes.families import ModelHandle, check_model
-from ..nodes.state_files import always_rerun, check_name, state_path
+from ..nodes.state_files import always_rerun, check_name, keep_previous, state_path
 from . import pipeline as P
 from ..nodes.weights import WeightsError
 from .adapters import load_adapters
@@ -90,7 +90,7 @@ class CVS_VideoMemory:
     def INPUT_TYPES(cls):
         return {"required": {
             "name": ("STRING", {"default": "v2v_memory", "tooltip": "File name of the memory (letters, digits, _ . -)."}),
-            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory (the old file is replaced)."}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory (the old file is kept as <name>.previous.safetensors, one level of undo)."}),
         }}
 
     def open(self, name, reset):
@@ -98,6 +98,7 @@ class CVS_VideoMemory:
         name = check_name(node, name)
         path = state_path(FOLDER, name)
         if reset or not path.exists():
+            keep_previous(path)
             VideoMemoryBank().save(path)
         memory = VideoMemory(name, path)
         return memory, _summary(_read(node, memory))

@@ -8,6 +8,7 @@ for the copy a reset keeps. Nodes whose result is the file's state re-run on eve
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 from . import runtime
@@ -29,6 +30,18 @@ def check_name(node: str, name) -> str:
 def state_path(folder: str, name: str) -> Path:
     """``<output>/<folder>/<name>.safetensors``."""
     return runtime.output_dir() / folder / f"{name}{EXTENSION}"
+
+
+def previous_path(path: Path) -> Path:
+    """``<name>.previous.safetensors`` beside ``path``: where a reset keeps the old memory."""
+    return path.with_name(f"{path.name[:-len(EXTENSION)]}.previous{EXTENSION}")
+
+
+def keep_previous(path: Path) -> None:
+    """Before a reset replaces ``path``: copy it to :func:`previous_path` (one level of undo;
+    the copy before it is overwritten). Nothing happens when ``path`` does not exist."""
+    if path.is_file():
+        shutil.copy2(path, previous_path(path))
 
 
 def always_rerun(cls, **_) -> float:

@@ -124,9 +124,10 @@ def test_three_turns_remember_each_other(handle):
     assert infos[2].splitlines()[1].startswith("  turn 0:")
     summary, preview = N.CVS_VideoMemoryPreview().preview(memory, 6, path([("turn_left", 10)]))
     assert "3 turn(s)" in summary and "score 1.000" in summary and preview.shape[-1] == 3
-    # reset starts anew
+    # reset starts anew and keeps the three turns as three.previous
     memory, info = N.CVS_VideoMemory().open("three", True)
     assert len(VideoMemoryBank.load(memory.path)) == 0
+    assert len(VideoMemoryBank.load(memory.path.with_name("three.previous.safetensors"))) == 3
 
 
 def test_cancelled_turn_adds_nothing(handle, cancel_on_call):

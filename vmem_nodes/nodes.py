@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from ..nodes import camera_preview, runtime
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, unproject
 from ..nodes.errors import NodeInputError, check_image, check_mask, describe
 from ..nodes.families import check_model
-from ..nodes.state_files import EXTENSION, always_rerun, check_name, state_path
+from ..nodes.state_files import EXTENSION, always_rerun, check_name, keep_previous, state_path
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .memory import MemoryFileError, SurfelMemory
 from .pointmaps import DepthModelProvider, Pointmaps
@@ -183,8 +182,7 @@ class CVS_SurfelMemory:
                 info += "; it keeps the settings it was created with (turn on 'reset' to apply new ones)"
                 log.warning("%s: %s", node, info)
             return bank, info
-        if bank.path.is_file():
-            shutil.copy2(bank.path, bank.path.with_name(f"{name}.previous{EXTENSION}"))
+        keep_previous(bank.path)
         SurfelMemory(surfel, merge).save(bank.path)
         return bank, f"memory '{name}': new and empty ({bank.path})"
 
