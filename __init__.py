@@ -5,16 +5,17 @@ ComfyUI imports this file from ``custom_nodes/<any folder name>/`` and reads
 same folder to the package ``consistent_video`` (``python -m consistent_video ...``).
 Every import below is relative, so both names work.
 """
-from .nodes import camera_nodes, loader_nodes, video_nodes
+from .nodes import camera_nodes, loader_nodes, splat_nodes, video_nodes
 from . import gvm_nodes  # registers the GVM model family
 from .gvm_nodes import nodes as gvm_node_defs
 from .vmem_nodes import nodes as vmem_node_defs  # also registers the VMem, SEVA and Depth Anything families
 from .vmem_nodes import navigate_nodes as vmem_navigate_defs
 from .videomv_nodes import nodes as videomv_node_defs  # also registers the VideoMV T2V and I2V families
 from .memory_v2v_nodes import nodes as memory_v2v_node_defs  # also registers the ReCamMaster families
+from .videoscene_nodes import nodes as videoscene_node_defs  # also registers the VideoScene family
 
-_NODE_MODULES = (loader_nodes, video_nodes, camera_nodes, gvm_node_defs, vmem_node_defs, vmem_navigate_defs,
-                 videomv_node_defs, memory_v2v_node_defs)
+_NODE_MODULES = (loader_nodes, video_nodes, camera_nodes, splat_nodes, gvm_node_defs, vmem_node_defs, vmem_navigate_defs,
+                 videomv_node_defs, memory_v2v_node_defs, videoscene_node_defs)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

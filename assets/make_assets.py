@@ -12,6 +12,9 @@ ground-truth alpha, so tests can score a matte against it without storing it.
 ``cvs_object.png``: an apple-like object on a transparent 320x240 canvas, off centre
 (:func:`render_object`), the input of the VideoMV image-to-views example.
 
+``cvs_scene.ply``: a small room of 3D Gaussians in the 3DGS PLY layout (:func:`splat_scene`): a
+chequered floor, a back wall and three objects, the input of the VideoScene splat example.
+
 The pixels are deterministic; the H.264 bytes may differ between runs because x264's
 multi-threaded encoder is not bit-exact.
 
@@ -203,6 +206,46 @@ def render_object(width: int = 320, height: int = 240) -> tuple[torch.Tensor, to
     return torch.from_numpy(np.clip(rgb, 0, 1).astype(np.float32)), torch.from_numpy(a.astype(np.float32))
 
 
+def splat_scene():
+    """A :class:`~consistent_video.nodes.gaussians.GaussianScene` of about 4000 Gaussians, SH
+    degree 0, in the pack's OpenCV world (y down, the floor at y = 0.5): a 4 x 4 m chequered floor,
+    a back wall at z = 3, a red ball, a green box and a small blue ball near the origin."""
+    from consistent_video.nodes.gaussians import GaussianScene, rgb_to_sh_dc
+    rng = np.random.default_rng(5)
+    means, scales, colours = [], [], []
+
+    def add(points, scale, colour):
+        means.append(points)
+        scales.append(np.broadcast_to(scale, points.shape))
+        colours.append(np.broadcast_to(colour, points.shape))
+
+    u, v = np.meshgrid(np.linspace(-2, 2, 40), np.linspace(-1, 3, 40))
+    floor = np.stack([u.ravel(), np.full(u.size, 0.5), v.ravel()], 1)
+    checker = ((np.floor(u * 2) + np.floor(v * 2)) % 2).ravel()[:, None]
+    add(floor, [0.06, 0.005, 0.06], 0.25 + 0.5 * checker * np.array([1.0, 0.95, 0.85]))
+    u, v = np.meshgrid(np.linspace(-2, 2, 40), np.linspace(-1.5, 0.5, 20))
+    wall = np.stack([u.ravel(), v.ravel(), np.full(u.size, 3.0)], 1)
+    add(wall, [0.06, 0.06, 0.005], np.stack([0.55 + 0.1 * np.sin(3 * u.ravel()), 0.6 - 0.1 * v.ravel(),
+                                             np.full(u.size, 0.75)], 1))
+    for centre, radius, colour, count in (((-0.5, 0.2, 0.5), 0.3, (0.85, 0.15, 0.1), 700),
+                                          ((0.05, 0.35, -0.2), 0.15, (0.15, 0.3, 0.9), 300)):
+        k = np.arange(count) + 0.5
+        polar, azimuth = np.arccos(1 - 2 * k / count), np.pi * (1 + 5 ** 0.5) * k
+        unit = np.stack([np.sin(polar) * np.cos(azimuth), np.cos(polar), np.sin(polar) * np.sin(azimuth)], 1)
+        shade = 0.6 + 0.4 * np.clip(-unit[:, 1:2] * 0.6 - unit[:, 2:3] * 0.5, 0, 1)
+        add(np.asarray(centre) + radius * unit, 0.045 * radius / 0.3, np.asarray(colour) * shade)
+    box = rng.uniform(-0.25, 0.25, (1200, 3))
+    face = rng.integers(0, 3, len(box))
+    box[np.arange(len(box)), face] = np.sign(rng.uniform(-1, 1, len(box))) * 0.25
+    add(box + np.array([0.6, 0.25, 0.9]), 0.03, np.array([0.2, 0.65, 0.25]) * (0.7 + 0.3 * (face == 1))[:, None])
+    means = torch.tensor(np.concatenate(means), dtype=torch.float32)
+    count = len(means)
+    rgb = torch.tensor(np.concatenate(colours), dtype=torch.float32)
+    return GaussianScene(means, torch.tensor(np.concatenate(scales), dtype=torch.float32),
+                         torch.tensor([[1.0, 0.0, 0.0, 0.0]]).expand(count, 4).contiguous(),
+                         torch.full((count,), 0.9), rgb_to_sh_dc(rgb)[:, None, :])
+
+
 def main() -> None:
     from consistent_video.nodes.video_io import VideoWriter
 
@@ -216,7 +259,9 @@ def main() -> None:
     rgb, alpha = render_object()
     rgba = torch.cat([rgb, alpha[..., None]], -1)
     Image.fromarray((rgba.numpy() * 255).round().astype(np.uint8), "RGBA").save(HERE / "cvs_object.png", optimize=True)
-    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png"):
+    from consistent_video.nodes.gaussians import save_ply
+    save_ply(splat_scene(), HERE / "cvs_scene.ply")
+    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png", "cvs_scene.ply"):
         print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
 
 

@@ -33,6 +33,11 @@ V2V_PATHS = {  # three overlapping camera paths from the video's own first camer
                                {"position": [0, 0, 0], "look_at": [-0.2, 0, 1]}],
 }
 
+SPLAT_PATH = [{"position": [-0.9, -0.45, -2.4], "look_at": [0, 0.2, 0.6]},  # around the bundled splat room
+              {"position": [0.9, -0.45, -2.4], "look_at": [0, 0.2, 0.6]}]
+VIDEOSCENE_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "videoscene"},
+                     "_meta": {"title": "Load VideoScene"}}
+
 
 def _memory_v2v_three_turns() -> dict:
     """Three re-render turns of one video along overlapping paths, each conditioned on the earlier ones."""
@@ -177,6 +182,37 @@ EXAMPLES = {
     # Memory-V2V: the same video re-rendered three times along overlapping paths; every turn is
     # conditioned on the earlier turns that saw the same directions.
     "memory_v2v_three_turns": _memory_v2v_three_turns(),
+    # VideoScene: Gaussian splats rendered along an eased path between two views (the coarse
+    # render), then refined in one network pass; both videos are saved side by side.
+    "videoscene_splats_to_video": {
+        "1": VIDEOSCENE_LOADER,
+        "2": {"class_type": "CVS_LoadSplats", "inputs": {"ply": "cvs_scene.ply"}, "_meta": {"title": "Load splats"}},
+        "3": {"class_type": "CVS_KeyframeCameras",
+              "inputs": {"keyframes": json.dumps(SPLAT_PATH), "frames_per_segment": 48, "easing": "cosine",
+                         "width": 720, "height": 480, "fov_deg": 55.0},
+              "_meta": {"title": "Path between two views (49 frames)"}},
+        "4": {"class_type": "CVS_RenderSplats", "inputs": {"gaussians": ["2", 0], "cameras": ["3", 0]},
+              "_meta": {"title": "Coarse render"}},
+        "5": {"class_type": "CVS_VideoSceneRefine", "inputs": {"model": ["1", 0], "video": ["4", 0]},
+              "_meta": {"title": "VideoScene refine"}},
+        "6": {"class_type": "CVS_SaveVideo", "inputs": {"images": ["4", 0], "fps": "8", "format": "h264-mp4",
+                                                        "filename_prefix": "ConsistentVideo/videoscene_coarse"},
+              "_meta": {"title": "Save coarse render"}},
+        "7": {"class_type": "CVS_SaveVideo", "inputs": {"images": ["5", 0], "fps": "8", "format": "h264-mp4",
+                                                        "filename_prefix": "ConsistentVideo/videoscene_refined"},
+              "_meta": {"title": "Save refined video"}},
+    },
+    # VideoScene on a video from any other node (here a loaded clip): any length and aspect,
+    # mapped to the model's 49 frames at 480x720 and back.
+    "videoscene_refine_video": {
+        "1": VIDEOSCENE_LOADER,
+        "2": SAMPLE,
+        "3": {"class_type": "CVS_VideoSceneRefine", "inputs": {"model": ["1", 0], "video": ["2", 0]},
+              "_meta": {"title": "VideoScene refine"}},
+        "4": {"class_type": "CVS_SaveVideo", "inputs": {"images": ["3", 0], "fps": ["2", 3], "format": "h264-mp4",
+                                                        "filename_prefix": "ConsistentVideo/videoscene_refined"},
+              "_meta": {"title": "Save refined video"}},
+    },
 }
 
 
@@ -231,6 +267,15 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
     from consistent_video.nodes.cameras import CameraBatch
     preview = render_camera_preview(CameraBatch.cat(paths), 320, 180, "top", frustum_size=0.15)[0]
     pictures["memory_v2v_three_turns"] = torch.cat([frame, torch.ones(180, 4, 3), preview], dim=1)
+    # VideoScene: the coarse splat render at the path's start | the path from above (or the clip)
+    from make_assets import splat_scene
+    from consistent_video.nodes.splat_render import render
+    splat_path = trajectories.keyframe_path(camera_formats.keyframes_from_text(json.dumps(SPLAT_PATH), 320, 180, 55.0),
+                                            48, "cosine")
+    coarse = render(splat_scene(), splat_path[0])[0][0]
+    top = render_camera_preview(splat_path, 320, 180, "top", frustum_size=0.15)[0]
+    pictures["videoscene_splats_to_video"] = torch.cat([coarse, torch.ones(180, 4, 3), top], dim=1)
+    pictures["videoscene_refine_video"] = torch.cat([frame, torch.ones(180, 4, 3), frames[-1]], dim=1)
     return pictures
 
 

@@ -276,7 +276,7 @@ class CVS_KeyframeCameras:
                                        "Cameras from one keyframe up to (not including) the next."}),
                 "easing": (list(trajectories.EASINGS), {"default": "linear", "tooltip":
                            "Timing within each segment: linear (constant speed), ease_in_out (slow at every "
-                           "keyframe), ease_in, ease_out."}),
+                           "keyframe), ease_in, ease_out, cosine (VideoScene's timing between two views)."}),
                 **_size_inputs(what="for keyframes given as JSON text"),
                 "fov_deg": ("FLOAT", {**_FOV[1], "tooltip": "Vertical field of view for JSON keyframes "
                                                             "without 'fov_deg' or 'K'."}),

@@ -25,7 +25,7 @@ ACTIONS = {
     "move_up": ("up", 1.0), "move_down": ("up", -1.0),
 }
 ANGLE_ACTIONS = tuple(k for k, (kind, _) in ACTIONS.items() if kind in ("yaw", "pitch"))
-EASINGS = ("linear", "ease_in_out", "ease_in", "ease_out")
+EASINGS = ("linear", "ease_in_out", "ease_in", "ease_out", "cosine")
 
 
 def orbit(views: int, elevation_deg: float, distance: float, azimuth_start_deg: float = 0.0,
@@ -170,7 +170,8 @@ def concatenate(batches: Sequence[CameraBatch], skip_repeated_joint: bool = True
 
 def ease(t: torch.Tensor, easing: str) -> torch.Tensor:
     """Map fractions ``t`` in [0, 1] through an easing curve of :data:`EASINGS`
-    (``ease_in_out`` is the smoothstep ``3t^2 - 2t^3``)."""
+    (``ease_in_out`` is the smoothstep ``3t^2 - 2t^3``; ``cosine`` is ``(1 - cos(pi t)) / 2``, the
+    timing of VideoScene's interpolated render paths)."""
     if easing == "linear":
         return t
     if easing == "ease_in_out":
@@ -179,6 +180,8 @@ def ease(t: torch.Tensor, easing: str) -> torch.Tensor:
         return t * t
     if easing == "ease_out":
         return 1 - (1 - t) ** 2
+    if easing == "cosine":
+        return (1 - torch.cos(math.pi * t)) / 2
     raise ValueError(f"unknown easing '{easing}'; expected one of {', '.join(EASINGS)}")
 
 

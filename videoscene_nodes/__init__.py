@@ -1,0 +1,3 @@
+"""VideoScene: one-step refinement of a coarse 3D render into a consistent scene video (CogVideoX)."""
+
+from .family import FAMILY  # noqa: F401  (registers the family)
