@@ -108,10 +108,11 @@ class CVS_RenderSplats:
             try:
                 rgb, alpha, depth = render(scene, cameras, (background_r, background_g, background_b), near=near,
                                            backend=backend, progress=lambda done, total: bar.update())
-            except (ValueError, RuntimeError) as exc:
-                if isinstance(exc, runtime.Interrupted):
-                    raise
-                raise NodeInputError(node, "backend" if "gsplat" in str(exc) else "gaussians", str(exc)) from None
+            except ValueError as exc:  # bad settings (e.g. gsplat without CUDA); other errors propagate as they are
+                message = str(exc)
+                name = next((name for word, name in (("gsplat", "backend"), ("background", "background_r"),
+                                                     ("near", "near")) if word in message), "gaussians")
+                raise NodeInputError(node, name, message) from None
         rgb, alpha, depth = rgb.cpu(), alpha.cpu(), depth.cpu()
         far = float(depth.max())
         shown = (depth / far if far > 0 else depth).clamp(0, 1)[..., None].expand(-1, -1, -1, 3).contiguous()

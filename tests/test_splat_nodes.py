@@ -49,6 +49,9 @@ def test_render_rejects_bad_input(tmp_path):
         CVS_RenderSplats().render(scene, "cams", 0, 0, 0, 0.01, "auto")
     with pytest.raises(NodeInputError, match="'backend'"):
         CVS_RenderSplats().render(scene, cameras(), 0, 0, 0, 0.01, "opengl")
+    if not torch.cuda.is_available():  # gsplat renders on CUDA only
+        with pytest.raises(NodeInputError, match="'backend'.*CUDA"):
+            CVS_RenderSplats().render(scene, cameras(), 0, 0, 0, 0.01, "gsplat")
 
 
 def test_saved_scene_loads_back_through_the_node(tmp_path):
@@ -64,3 +67,13 @@ def test_cancel_stops_a_render(cancel_on_call):
     with pytest.raises(runtime.Interrupted):
         CVS_RenderSplats().render(scene, cameras(5), 0, 0, 0, 0.01, "torch")
     assert len(calls) == 2  # stopped after the second frame
+
+
+def test_zero_cameras_never_reach_the_renderer():
+    """A path of zero cameras cannot be built: empty keyframes and empty slices are refused
+    where they are made, with the input named."""
+    from consistent_video.nodes.camera_nodes import CVS_KeyframeCameras
+    with pytest.raises(NodeInputError, match="'keyframes'"):
+        CVS_KeyframeCameras().build("[]", 8, "cosine", 64, 48, 55.0)
+    with pytest.raises(ValueError, match="at least one camera"):
+        cameras()[3:]

@@ -34,6 +34,20 @@ def _condition(node: str, name: str, image, placement: Placement) -> torch.Tenso
     return placement.to_model(image.permute(0, 3, 1, 2).float())[0] * 2 - 1
 
 
+def _map_back(refined: torch.Tensor, source: torch.Tensor, placement: Placement, model_frames: int,
+              chunk: int = 16) -> torch.Tensor:
+    """The refined model frames ``[M, 3, h, w]`` (0..1) as IMAGE ``[F, H, W, 3]`` at the input's
+    frame count and size, ``chunk`` frames at a time (a long input is never duplicated whole)."""
+    frames = source.shape[0]
+    pick = output_frame_indices(frames, model_frames)
+    result = torch.empty(frames, placement.height, placement.width, 3)
+    for start in range(0, frames, chunk):
+        rows = slice(start, min(start + chunk, frames))
+        back = placement.from_model(refined[pick[rows]], source[rows])
+        result[rows] = back.clamp(0, 1).permute(0, 2, 3, 1)
+    return result
+
+
 class CVS_VideoSceneRefine:
     DISPLAY_NAME = "CVS VideoScene Refine"
     CATEGORY = CATEGORY
@@ -102,8 +116,7 @@ class CVS_VideoSceneRefine:
         with runtime.Progress(4, node) as bar, torch.inference_mode():
             out = refine(transformer, vae, handle.extra["scheduler"], handle.extra["prompt_embeds"], model_input,
                          first, last, int(timestep), int(seed), progress=bar.update)
-        out = ((out.cpu() + 1) / 2).clamp(0, 1)[output_frame_indices(frames, shape.frames)]
-        result = placement.from_model(out, source).clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+        result = _map_back(((out.cpu() + 1) / 2).clamp(0, 1), source, placement, shape.frames)
         info = (f"refined {frames} frames of {video.shape[2]}x{video.shape[1]} in one pass at timestep {timestep} "
                 f"(model: {shape.frames} frames of {shape.width}x{shape.height}, fit '{fit}'); "
                 f"{describe_report(handle.extra['report'])}" + ("; SMOKE weights: noise" if handle.is_smoke else ""))
