@@ -93,13 +93,16 @@ def call(model, args, ratio: float) -> MF.CallReport:
     return report
 
 
-def measure(model, args, ratio: float) -> tuple[int, float, MF.CallReport]:
-    """FLOPs of one call, then the wall time of another (one run each)."""
+def measure(model, args, ratio: float) -> tuple[int, float, float, MF.CallReport]:
+    """FLOPs of one call and the share of them in attention, then the wall time of another
+    (one run each)."""
     with FlopCounterMode(display=False) as counter:
         report = call(model, args, ratio)
     t0 = time.perf_counter()
     call(model, args, ratio)
-    return counter.get_total_flops(), time.perf_counter() - t0, report
+    seconds = time.perf_counter() - t0
+    flops = counter.get_total_flops()
+    return flops, counter.get_flop_counts()["Global"].get(_CPU_SDPA, 0) / flops, seconds, report
 
 
 def percent_fewer(new: float, old: float) -> str:
@@ -127,13 +130,10 @@ def merge_table() -> None:
         model = build(width, heads, ffn)
         for count in (3, 6):
             args = inputs(count, False, frames, side)
-            with FlopCounterMode(display=False) as counter:
-                call(model, args, 0.0)
-            attention = counter.get_flop_counts()["Global"].get(_CPU_SDPA, 0)
-            f0, t0, r0 = measure(model, args, 0.0)
+            f0, share, t0, r0 = measure(model, args, 0.0)
             for ratio in (MF.DEFAULT_MERGE_RATIO, 0.75):
-                f1, t1, r1 = measure(model, args, ratio)
-                print(f"| {name} | {count} | {ratio} | {f0 / 1e9:.1f} GFLOP ({100 * attention / f0:.0f}%) | "
+                f1, _, t1, r1 = measure(model, args, ratio)
+                print(f"| {name} | {count} | {ratio} | {f0 / 1e9:.1f} GFLOP ({100 * share:.0f}%) | "
                       f"{f1 / 1e9:.1f} GFLOP | {percent_fewer(f1, f0)} | {t0:.2f} s | {t1:.2f} s | "
                       f"{percent_fewer(t1, t0)} | {sum(r0.lengths) / len(r0.lengths):.0f} -> "
                       f"{sum(r1.lengths) / len(r1.lengths):.0f} |")

@@ -44,10 +44,7 @@ class CVS_LoadSplats:
 
     @classmethod
     def IS_CHANGED(cls, ply, **_):
-        try:
-            return video_io.source_fingerprint(video_io.resolve_input_path(ply))
-        except video_io.VideoError:
-            return float("nan")
+        return video_io.input_fingerprint(ply)
 
     def load(self, ply):
         node = self.DISPLAY_NAME

@@ -35,7 +35,7 @@ from . import runtime
 
 __all__ = [
     "VideoError", "VideoInfo", "VideoFormat", "FORMATS", "parse_fps", "format_fps",
-    "probe", "resolve_input_path", "read_frames", "load_frames", "source_fingerprint",
+    "probe", "resolve_input_path", "read_frames", "load_frames", "source_fingerprint", "input_fingerprint",
     "VideoWriter", "DEFAULT_QUALITY", "next_output_path", "ui_entry", "ASSETS_DIR",
 ]
 
@@ -188,6 +188,16 @@ def source_fingerprint(path) -> str:
             stat = file.stat()
             digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
+
+
+def input_fingerprint(name: str) -> str | float:
+    """``IS_CHANGED`` of a node that reads a file the user names (:func:`resolve_input_path`):
+    its :func:`source_fingerprint`, or NaN (never cached) when it cannot be found, so the run
+    reports the error."""
+    try:
+        return source_fingerprint(resolve_input_path(name))
+    except VideoError:
+        return float("nan")
 
 
 # --------------------------------------------------------------------------- reading

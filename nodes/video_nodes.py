@@ -62,10 +62,7 @@ class CVS_LoadVideo:
 
     @classmethod
     def IS_CHANGED(cls, video, **_):
-        try:
-            return video_io.source_fingerprint(video_io.resolve_input_path(video))
-        except video_io.VideoError:
-            return float("nan")  # never cached: the run reports the error
+        return video_io.input_fingerprint(video)
 
     def load(self, video, start_frame, end_frame, stride, max_frames, width, height):
         node = self.DISPLAY_NAME
@@ -110,7 +107,7 @@ class CVS_LoadImage:
 
     @classmethod
     def IS_CHANGED(cls, image, **_):
-        return CVS_LoadVideo.IS_CHANGED(image)
+        return video_io.input_fingerprint(image)
 
     def load(self, image):
         node = self.DISPLAY_NAME

@@ -177,7 +177,7 @@ def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return _read_safetensors(path, what)
-    return _flat_tensors(_torch_load(path, what, mmap=False), path, what)
+    return _flat_tensors(load_weights_only(path, what, mmap=False), path, what)
 
 
 def read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
@@ -187,7 +187,7 @@ def read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == ".safetensors" or not path.is_file():
         return _read_safetensors(path, what)
-    data = _torch_load(path, what, mmap=zipfile.is_zipfile(path))
+    data = load_weights_only(path, what, mmap=zipfile.is_zipfile(path))
     inner = data.get("state_dict") if isinstance(data, Mapping) else None
     return _flat_tensors(inner if isinstance(inner, Mapping) else data, path, what)
 
@@ -203,7 +203,9 @@ def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:
                            f"(truncated or corrupt? {type(exc).__name__}: {exc})") from None
 
 
-def _torch_load(path: Path, what: str, mmap: bool) -> object:
+def load_weights_only(path: Path, what: str, mmap: bool = False) -> object:
+    """``torch.load(weights_only=True)`` on the CPU; any failure (truncated, corrupt, or a pickle
+    that needs code execution) is a :class:`WeightsError` naming ``what`` and the file."""
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:

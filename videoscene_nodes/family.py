@@ -32,7 +32,8 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
 from ..nodes import families
 from ..nodes.jsonfile import write_json
-from ..nodes.weights import WeightsError, is_smoke, load_strict, random_state, read_json, read_state_dict
+from ..nodes.weights import (WeightsError, is_smoke, load_strict, load_weights_only, random_state, read_json,
+                             read_state_dict)
 from .pipeline import SCHEDULER_CONFIG, make_scheduler
 
 log = logging.getLogger("consistent_video")
@@ -54,11 +55,7 @@ LICENCE = ("VideoScene code and weights, CogvideoX-Interpolation: licences unkno
 
 
 def _read_prompt(path: Path, text_dim: int, text_length: int) -> torch.Tensor:
-    try:
-        value = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsError(f"VideoScene prompt embedding: {path} could not be read as a weights-only tensor file "
-                           f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    value = load_weights_only(path, "VideoScene prompt embedding")
     if not isinstance(value, torch.Tensor):
         raise WeightsError(f"VideoScene prompt embedding: {path} holds a {type(value).__name__}, not a tensor")
     value = value[None] if value.ndim == 2 else value
