@@ -1,5 +1,7 @@
 """Writes the example workflows (UI format, as ComfyUI saves them) from compact API specs,
-and their thumbnails.
+and their thumbnails. A file's name is the title ComfyUI's template browser shows (it
+shows nothing else for a custom node's template), and each workflow opens with a note
+that says what it does.
 
     python example_workflows/build_examples.py
 
@@ -216,11 +218,54 @@ EXAMPLES = {
 }
 
 
+TEMPLATES = {
+    # spec key: (file name = the title ComfyUI's template browser shows, the note shown on the canvas)
+    "gvm_matte_video": ("GVM - Matte a video",
+                        "**GVM: matte a clip.** Soft alpha for every frame with no first-frame mask. Saves the "
+                        "matte as a grey video and the foreground with its alpha as a WebM."),
+    "gvm_composite_background": ("GVM - Composite over a new background",
+                                 "**GVM: matte and composite.** The clip's foreground over a new background image, "
+                                 "saved as an mp4."),
+    "gvm_matte_long_video_file": ("GVM - Matte a long video file",
+                                  "**GVM: long videos, file to file.** Streams the video window by window (memory "
+                                  "bounded by the window, not the length) and writes the matte, the foreground and a "
+                                  "composite as ProRes 4444."),
+    "vmem_walk_step_by_step": ("VMem - Walk step by step",
+                               "**VMem: walk through a scene one action per run.** Change `action` (and `angle` or "
+                               "`distance`) on the navigate node and queue again: the walk continues from the memory "
+                               "file, and the whole walk so far is saved as a video each time. Set `reset` on the "
+                               "memory node to start over."),
+    "vmem_planned_path_video": ("VMem - Planned path to video",
+                                "**VMem: a planned camera path from one image.** Walks out and back along the path "
+                                "in one run; places seen before are retrieved from the surfel memory, so they look "
+                                "the same on the way back. Saves the video and its cameras."),
+    "videomv_text_turntable": ("VideoMV - Text to turntable",
+                               "**VideoMV from text.** 24 consistent views around the described object, saved as "
+                               "a turntable video."),
+    "videomv_image_to_views": ("VideoMV - Image to 24 views",
+                               "**VideoMV from one image.** The object is cut out by its alpha and centred on "
+                               "white, then 24 views are generated and saved as PNG frames with their cameras "
+                               "(nerfstudio transforms.json) for 3D reconstruction."),
+    "memory_v2v_three_turns": ("Memory-V2V - Three re-render turns",
+                               "**Memory-V2V: three re-render turns of one video.** Each turn follows another "
+                               "camera path; every turn is conditioned on the earlier turns that saw the same "
+                               "directions, retrieved from the video memory."),
+    "videoscene_splats_to_video": ("VideoScene - Splats to video",
+                                   "**VideoScene from Gaussian splats.** The bundled splat room rendered along an "
+                                   "eased path between two views (the coarse render), then refined in one network "
+                                   "pass; both videos are saved."),
+    "videoscene_refine_video": ("VideoScene - Refine a video",
+                                "**VideoScene on any video.** A video from another node (here the sample clip) "
+                                "refined in one pass: any length and aspect, mapped to the model's 49 frames at "
+                                "480x720 and back."),
+}
+
+
 def build() -> dict[str, dict]:
-    """The UI-format workflows by file stem."""
+    """The UI-format workflows by file stem (the template's title)."""
     from consistent_video import NODE_CLASS_MAPPINGS
     from consistent_video.nodes.workflow_format import api_to_ui
-    return {name: api_to_ui(prompt, NODE_CLASS_MAPPINGS) for name, prompt in EXAMPLES.items()}
+    return {title: api_to_ui(EXAMPLES[key], NODE_CLASS_MAPPINGS, note=note) for key, (title, note) in TEMPLATES.items()}
 
 
 def thumbnails() -> dict[str, "torch.Tensor"]:
@@ -293,7 +338,7 @@ def _prompt_card(text: str, width: int, height: int) -> "torch.Tensor":
 
 def main() -> None:
     from PIL import Image
-    pictures = thumbnails()
+    pictures = {TEMPLATES[key][0]: picture for key, picture in thumbnails().items()}
     for name, workflow in build().items():
         path = HERE / f"{name}.json"
         path.write_text(json.dumps(workflow, indent=2) + "\n", encoding="utf-8")

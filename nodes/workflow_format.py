@@ -22,8 +22,6 @@ from typing import Any, Mapping, Optional
 
 from .jsonfile import read_json_object
 
-CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
-"""Values of the extra ``control_after_generate`` widget the editor adds after a seed."""
 SEED_NAMES = ("seed", "noise_seed")
 UI_ONLY_TYPES = ("Note", "MarkdownNote")
 MUTED, BYPASSED = 2, 4
@@ -66,9 +64,20 @@ class InputSpec:
 
     @property
     def has_control(self) -> bool:
-        """Whether the editor adds a ``control_after_generate`` widget after this one."""
-        return self.is_widget and bool(
-            self.options.get("control_after_generate") or (self.type == "INT" and self.name in SEED_NAMES))
+        """Whether the editor adds a ``control_after_generate`` widget right after this one.
+
+        The frontend's rule (ComfyUI_frontend 1.27, ``useIntWidget`` / ``useComboWidget``):
+        an INT widget gets one when its ``control_after_generate`` option is truthy, or,
+        when the option is absent, when it is named ``seed`` or ``noise_seed``; a COMBO
+        only when the option is truthy; other widgets never. An explicit
+        ``control_after_generate: False`` on a seed means no control widget.
+        """
+        if not self.is_widget:
+            return False
+        flag = self.options.get("control_after_generate")
+        if self.type == "INT":
+            return bool(flag) if flag is not None else self.name in SEED_NAMES
+        return self.choices is not None and bool(flag)
 
     def default(self) -> Any:
         """The value the editor starts a widget with."""
@@ -173,20 +182,32 @@ def _parse_links(raw_links: list) -> dict:
 
 
 def _widget_values(node: Mapping, specs: list[InputSpec]) -> dict:
-    """Map a UI node's ``widgets_values`` (a list, or a dict by name) onto its widget inputs."""
+    """Map a UI node's ``widgets_values`` onto its widget inputs, as the frontend does.
+
+    A list is positional over the node's widgets in declaration order, where an input
+    with :attr:`InputSpec.has_control` owns two slots (its value, then the control
+    value, whatever that value is). Before that, the frontend's ``migrateWidgetsValues``
+    drops the values of ``forceInput`` inputs when a file holds one value per widget-typed
+    input including them (files from before forceInput inputs lost their widget). A dict
+    (``{name: value}``) maps by name.
+    """
     values = node.get("widgets_values")
     widgets = [s for s in specs if s.is_widget]
     if isinstance(values, Mapping):
         return {s.name: values[s.name] for s in widgets if s.name in values}
+    values = list(values or [])
+    forced = [s for s in specs if s.options.get("forceInput")]
+    if forced:
+        legacy = [s for s in specs if s.is_widget or s in forced]
+        slots = sum(2 if (s.options.get("control_after_generate") or s.name in SEED_NAMES) else 1 for s in legacy)
+        if slots == len(values):
+            values = [v for i, v in enumerate(values) if not (i < len(legacy) and legacy[i] in forced)]
     out, i = {}, 0
-    values = values or []
     for spec in widgets:
         if i >= len(values):
             break
         out[spec.name] = values[i]
-        i += 1
-        if spec.has_control and i < len(values) and values[i] in CONTROL_VALUES:
-            i += 1
+        i += 2 if spec.has_control else 1
     return out
 
 
@@ -261,7 +282,11 @@ def ui_to_api(workflow: Mapping, node_classes: Mapping[str, type]) -> dict:
 
 
 # --------------------------------------------------------------------------- API -> UI
-_COLUMN_WIDTH, _NODE_WIDTH, _ROW_HEIGHT, _GAP = 420, 340, 26, 40
+_COLUMN_WIDTH, _NODE_WIDTH, _ROW_HEIGHT = 420, 340, 26
+_GAP = 80  # between a node and the next one below: the next one's title bar (30) and source badge (~20) fit
+_MULTILINE_ROWS = 3  # a multiline text box takes about three widget rows
+_PREVIEW_HEIGHT = 300  # room an output node keeps for the preview it shows after a run
+_NOTE_SIZE = (760, 150)
 
 
 def _depths(prompt: Mapping) -> dict:
@@ -281,21 +306,27 @@ def _depths(prompt: Mapping) -> dict:
     return depths
 
 
-def api_to_ui(prompt: Mapping, node_defs: Mapping[str, type]) -> dict:
+def api_to_ui(prompt: Mapping, node_defs: Mapping[str, type], note: Optional[str] = None) -> dict:
     """Build a UI workflow (version 0.4) from an API prompt, laid out left to right by depth.
 
     Node ids are kept when they are all numeric, else numbered from 1. Widget inputs
     that are linked, or absent from the prompt, get their default in ``widgets_values``;
-    seed-like widgets are followed by a ``"fixed"`` control value.
+    widgets with a control widget (:attr:`InputSpec.has_control`) are followed by a
+    ``"fixed"`` control value. Inputs are listed in the order the frontend saves them
+    (socket-only inputs, then linked widget inputs), so its loader keeps every link slot.
     ``load_workflow(api_to_ui(p, defs), defs) == load_workflow(p)`` for a prompt that
-    sets every widget input.
+    sets every widget input. Heights leave room for multiline text boxes, for the
+    preview an output node shows after a run and for the next node's title bar, so no
+    widget is hidden under another node. ``note`` (Markdown) becomes a MarkdownNote at
+    the top left, above the graph; notes are not part of the prompt.
     """
     prompt = normalize_api(prompt)
     numeric = all(i.isdigit() for i in prompt)
     ui_ids = {i: int(i) if numeric else n for n, i in enumerate(prompt, 1)}
     depths = _depths(prompt)
     nodes, links, outputs_of = [], [], defaultdict(lambda: defaultdict(list))
-    column_y: dict = defaultdict(lambda: 50)
+    top = 50 + (_NOTE_SIZE[1] + _GAP if note else 0)
+    column_y: dict = defaultdict(lambda: top)
     for node_id in sorted(prompt, key=lambda i: (depths[i], ui_ids[i])):
         node = prompt[node_id]
         cls = node_defs.get(node["class_type"])
@@ -305,7 +336,10 @@ def api_to_ui(prompt: Mapping, node_defs: Mapping[str, type]) -> dict:
         unknown = set(node["inputs"]) - {s.name for s in specs}
         if unknown:
             raise WorkflowError(f"{node_label(node_id, node)}: unknown input(s) {sorted(unknown)}")
-        ui_inputs, widgets_values = [], []
+        # The frontend's saved order: every socket-only input, then the linked widget
+        # inputs (it drops unlinked widget inputs when it saves); a link's target slot
+        # is the index in this list.
+        sockets, linked_widgets, widgets_values = [], [], []
         for spec in specs:
             value = node["inputs"].get(spec.name, _ABSENT)
             linked = isinstance(value, list)
@@ -314,23 +348,27 @@ def api_to_ui(prompt: Mapping, node_defs: Mapping[str, type]) -> dict:
                 if spec.has_control:
                     widgets_values.append("fixed")
             if linked or not spec.is_widget:
-                link_id = None
-                if linked:
-                    src, slot = value
-                    if src not in prompt:
-                        raise WorkflowError(f"{node_label(node_id, node)}: input '{spec.name}' links to "
-                                            f"node #{src}, which is not in the workflow")
-                    link_id = len(links) + 1
-                    src_type = node_defs[prompt[src]["class_type"]].RETURN_TYPES[slot]
-                    src_type = "COMBO" if isinstance(src_type, (list, tuple)) else src_type
-                    links.append([link_id, ui_ids[src], slot, ui_ids[node_id], len(ui_inputs), src_type])
-                    outputs_of[src][slot].append(link_id)
-                entry = {"name": spec.name, "type": spec.type_name, "link": link_id}
+                entry = {"name": spec.name, "type": spec.type_name, "link": value if linked else None}
                 if spec.is_widget:
                     entry["widget"] = {"name": spec.name}
-                ui_inputs.append(entry)
-        rows = max(len(ui_inputs), len(cls.RETURN_TYPES)) + len(widgets_values)
-        height = 30 + _ROW_HEIGHT * rows
+                (linked_widgets if spec.is_widget else sockets).append(entry)
+        ui_inputs = sockets + linked_widgets
+        for target_slot, entry in enumerate(ui_inputs):
+            if entry["link"] is None:
+                continue
+            src, slot = entry["link"]
+            if src not in prompt:
+                raise WorkflowError(f"{node_label(node_id, node)}: input '{entry['name']}' links to "
+                                    f"node #{src}, which is not in the workflow")
+            link_id = len(links) + 1
+            src_type = node_defs[prompt[src]["class_type"]].RETURN_TYPES[slot]
+            src_type = "COMBO" if isinstance(src_type, (list, tuple)) else src_type
+            links.append([link_id, ui_ids[src], slot, ui_ids[node_id], target_slot, src_type])
+            outputs_of[src][slot].append(link_id)
+            entry["link"] = link_id
+        multiline = sum(1 for spec in specs if spec.is_widget and spec.options.get("multiline"))
+        rows = max(len(ui_inputs), len(cls.RETURN_TYPES)) + len(widgets_values) + (_MULTILINE_ROWS - 1) * multiline
+        height = 30 + _ROW_HEIGHT * rows + (_PREVIEW_HEIGHT if getattr(cls, "OUTPUT_NODE", False) is True else 0)
         ui_node = {"id": ui_ids[node_id], "type": node["class_type"],
                    "pos": [50 + _COLUMN_WIDTH * depths[node_id], column_y[depths[node_id]]],
                    "size": [_NODE_WIDTH, height], "flags": {}, "order": len(nodes), "mode": 0,
@@ -347,6 +385,12 @@ def api_to_ui(prompt: Mapping, node_defs: Mapping[str, type]) -> dict:
             out_type = "COMBO" if isinstance(out_type, (list, tuple)) else out_type
             ui_node["outputs"].append({"name": names[slot], "type": out_type,
                                        "links": outputs_of[node_id][slot], "slot_index": slot})
-    return {"last_node_id": max(ui_ids.values(), default=0), "last_link_id": len(links),
-            "nodes": [n for _, n in nodes], "links": links, "groups": [], "config": {}, "extra": {},
+    ui_nodes = [n for _, n in nodes]
+    if note:
+        ui_nodes.append({"id": max(ui_ids.values(), default=0) + 1, "type": "MarkdownNote", "pos": [50, 50],
+                         "size": list(_NOTE_SIZE), "flags": {}, "order": len(ui_nodes), "mode": 0,
+                         "inputs": [], "outputs": [], "title": "About this workflow", "properties": {},
+                         "widgets_values": [note]})
+    return {"last_node_id": max((n["id"] for n in ui_nodes), default=0), "last_link_id": len(links),
+            "nodes": ui_nodes, "links": links, "groups": [], "config": {}, "extra": {},
             "version": 0.4}
