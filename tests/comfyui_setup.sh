@@ -24,7 +24,11 @@
 #      for every torch (none for 2.13) and its wheels are CUDA builds. Without it ComfyUI
 #      starts and only logs IMPORT FAILED for its audio nodes (comfy_extras/nodes_audio.py
 #      and a few others); this pack does not use audio;
-#   5. checks `python main.py --cpu --quick-test-for-ci` exits 0 (skip: CVS_SETUP_NO_CHECK=1).
+#   5. checks `python main.py --cpu --quick-test-for-ci` exits 0 (skip: CVS_SETUP_NO_CHECK=1);
+#   6. for the real-frontend tests: Playwright from PyPI (its own browser download is not
+#      used) and Chromium from Debian (`apt-get install chromium`, when run as root on a
+#      Debian-like system and no Chromium is on PATH; otherwise it says what to install).
+#      CVS_SETUP_NO_BROWSER=1 skips this step.
 #
 # Environment: PYTHON (default: python), CVS_TORCH_INDEX_URL (optional, see 2.).
 # Nothing here starts a server; the check runs main.py --quick-test-for-ci, which exits
@@ -74,6 +78,21 @@ fi
 "${PIP[@]}" -c "$WORK/constraints.txt" -r "$WORK/comfyui-requirements.txt" -r "$PACK_ROOT/requirements.txt"
 # Test-only helpers (the integration test uses the websocket when it is there).
 "${PIP[@]}" -c "$WORK/constraints.txt" "pytest>=8" websocket-client
+
+# --- 6. the real frontend in headless Chromium
+if [ "${CVS_SETUP_NO_BROWSER:-0}" != "1" ]; then
+    "${PIP[@]}" -c "$WORK/constraints.txt" "playwright>=1.40"
+    if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+            || command -v google-chrome >/dev/null 2>&1 || [ -n "${CVS_CHROMIUM:-}" ]; then
+        say "Chromium found for the real-frontend tests"
+    elif [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        say "installing Chromium (Debian package) for the real-frontend tests"
+        apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium
+    else
+        say "no Chromium on PATH: install it (e.g. apt-get install chromium) or set CVS_CHROMIUM; the" \
+            "real-frontend tests fail without it (CVS_NO_BROWSER=1 skips them)"
+    fi
+fi
 
 # --- 3. torchvision whose compiled ops do not load against this torch
 "$PYTHON" - <<'EOF'

@@ -33,6 +33,8 @@ import pytest
 
 from consistent_video.nodes import families
 
+from comfyui_frontend import Frontend, find_chromium, hidden_widgets, overlaps, write_user_settings
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "example_workflows"
 PACK_FOLDER = "cvs-pack-under-test"  # deliberately not the repository's folder name
@@ -287,6 +289,7 @@ def comfy(tmp_path_factory) -> ComfyServer:
         if name != "smoke":
             path.mkdir()
     (dirs["custom_nodes"] / PACK_FOLDER).symlink_to(REPO_ROOT, target_is_directory=True)
+    write_user_settings(dirs["user"])
     t0 = time.monotonic()
     smoke_entries = _write_smoke_weights(dirs["models"], dirs["smoke"], _cli_env(tmp))
     smoke_seconds = time.monotonic() - t0
@@ -552,3 +555,249 @@ def test_interrupt_cancels_a_running_workflow(comfy, events):
     cached = dict(again["status"]["messages"]).get("execution_cached", {}).get("nodes", [])
     assert not targets & set(cached), f"the re-run after the interrupt took node(s) {sorted(targets)} from the cache"
     assert _output_files(comfy, again)
+
+
+# --------------------------------------------------------------------------- the real frontend
+def _example_specs() -> dict:
+    """``{file stem: the API prompt build_examples.py wrote it from}``: what each file means."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cvs_build_examples", EXAMPLES_DIR / "build_examples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return {title: module.EXAMPLES[key] for key, (title, _) in module.TEMPLATES.items()}
+
+
+@pytest.fixture(scope="session")
+def frontend(comfy) -> Frontend:
+    """ComfyUI's web frontend in headless Chromium. Missing Playwright or Chromium fails
+    (tests/comfyui_setup.sh installs both); CVS_NO_BROWSER=1 skips these tests instead."""
+    if os.environ.get("CVS_NO_BROWSER", "") not in ("", "0"):
+        pytest.skip("CVS_NO_BROWSER is set: the real-frontend tests are skipped")
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.fail("the real-frontend tests need Playwright (pip install playwright; tests/comfyui_setup.sh "
+                    "installs it), or set CVS_NO_BROWSER=1 to skip them")
+    executable = find_chromium()
+    if executable is None:
+        pytest.fail("the real-frontend tests need Chromium (apt-get install chromium, or CVS_CHROMIUM=/path); "
+                    "tests/comfyui_setup.sh installs it; CVS_NO_BROWSER=1 skips them")
+    page = Frontend(comfy.base, executable)
+    assert not page.page_errors, f"the frontend raised while starting: {page.page_errors}"
+    try:
+        yield page
+    finally:
+        page.close()
+
+
+def _open_example(frontend: Frontend, workflow: Path) -> dict:
+    """Open ``workflow`` in the frontend; fail on a missing-node report, a dialog or a page error."""
+    errors_before = len(frontend.page_errors)
+    data = json.loads(workflow.read_text(encoding="utf-8"))
+    loaded = frontend.load(data, workflow.stem)
+    assert not loaded["unknown_types"], f"{workflow.name}: the frontend does not know {loaded['unknown_types']}"
+    dialogs = frontend.open_dialogs()
+    assert not dialogs, f"{workflow.name}: the frontend opened a dialog on load: {dialogs}"
+    new_errors = frontend.page_errors[errors_before:]
+    assert not new_errors, f"{workflow.name}: page errors while loading: {new_errors}"
+    return loaded
+
+
+@pytest.mark.parametrize("workflow", _example_params())
+def test_frontend_reads_example_like_the_runner(frontend, workflow):
+    """The frontend's own loader and graph-to-prompt turn each example into exactly the
+    prompt the file means (the spec it was built from) and the runner's prompt; the file
+    survives a load and save unchanged (links and slots); no node hides another."""
+    from consistent_video.nodes.runner import load_workflow
+
+    if workflow is None:
+        pytest.fail(f"no example workflows (*.json) in {EXAMPLES_DIR}")
+    data = json.loads(workflow.read_text(encoding="utf-8"))
+    loaded = _open_example(frontend, workflow)
+    queued = loaded["prompt"]
+
+    runner = load_workflow(workflow)
+    assert sorted(queued) == sorted(runner), f"{workflow.name}: nodes differ: frontend {sorted(queued)}, runner {sorted(runner)}"
+    for node_id, node in runner.items():
+        theirs = queued[node_id]
+        assert theirs["class_type"] == node["class_type"], (workflow.name, node_id)
+        assert theirs["inputs"] == node["inputs"], (
+            f"{workflow.name}: node #{node_id} ({node['class_type']}): the frontend queues {theirs['inputs']}, "
+            f"the runner {node['inputs']}")
+        assert theirs["_meta"]["title"] == node["_meta"]["title"], (workflow.name, node_id)
+
+    meant = _example_specs()[workflow.stem]
+    for node_id, node in meant.items():
+        for name, value in node["inputs"].items():
+            assert queued[node_id]["inputs"].get(name) == value, (
+                f"{workflow.name}: node #{node_id} ({node['class_type']}) input '{name}': the file means {value!r}, "
+                f"the frontend queues {queued[node_id]['inputs'].get(name)!r}")
+
+    saved = loaded["saved"]
+    assert saved["links"] == data["links"], (f"{workflow.name}: the frontend rewrote links on load:\n"
+                                             f"file  {data['links']}\nsaved {saved['links']}")
+    saved_inputs = {n["id"]: [(i["name"], i.get("link")) for i in n.get("inputs") or []] for n in saved["nodes"]}
+    file_inputs = {n["id"]: [(i["name"], i.get("link")) for i in n.get("inputs") or []] for n in data["nodes"]}
+    assert saved_inputs == file_inputs, f"{workflow.name}: input slots change on load and save"
+    saved_widgets = {n["id"]: n.get("widgets_values") for n in saved["nodes"]}
+    file_widgets = {n["id"]: n.get("widgets_values") for n in data["nodes"]}
+    assert saved_widgets == file_widgets, f"{workflow.name}: widget values change on load and save"
+
+    assert not overlaps(loaded["nodes"]), f"{workflow.name}: overlapping nodes {overlaps(loaded['nodes'])}"
+    assert not hidden_widgets(loaded["nodes"]), f"{workflow.name}: widgets hidden below their node {hidden_widgets(loaded['nodes'])}"
+
+
+def _smoke_widgets(comfy: ComfyServer, prompt: dict) -> dict:
+    """``{node_id: {widget: value}}`` that point the loaders at the smoke weights and apply
+    each family's ``smoke_overrides`` (a CPU-sized working resolution), as a user would set them."""
+    values: dict = {}
+    used = set()
+    for node_id, node in prompt.items():
+        if node["class_type"] == LOADER:
+            family = node["inputs"]["family"]
+            values[node_id] = {"weights": comfy.smoke_entries[family], "path": ""}
+            used.add(family)
+    if not FULL_SIZE:
+        for node_id, node in prompt.items():
+            for family in used:
+                for name, value in families.get(family).smoke_overrides.get(node["class_type"], {}).items():
+                    if name in node["inputs"] and not isinstance(node["inputs"][name], list):
+                        values.setdefault(node_id, {})[name] = value
+    return values
+
+
+@pytest.mark.parametrize("stem", ["GVM - Matte a video", "VMem - Walk step by step"])
+def test_frontend_runs_example_from_the_page(frontend, comfy, stem, tmp_path):
+    """Open the example in the frontend, point its loaders at the smoke weights, press
+    Run: the server accepts the frontend's prompt, runs it, the files exist, every output
+    node gets its preview, and the previews do not cover other nodes."""
+    workflow = EXAMPLES_DIR / f"{stem}.json"
+    loaded = _open_example(frontend, workflow)
+    missing = frontend.set_widgets(_smoke_widgets(comfy, loaded["prompt"]))
+    assert not missing, f"{stem}: widgets not found in the frontend: {missing}"
+    prompt_id = frontend.queue()
+    entry = comfy.wait_history(prompt_id, WORKFLOW_TIMEOUT)
+    assert entry["status"]["status_str"] == "success", f"{stem}:\n{_status_summary(entry)}" + comfy.log_tail()
+    files = _output_files(comfy, entry)
+    assert any(comfy.output_dir in f.parents for f in files), f"{stem}: no file in the output folder"
+
+    output_nodes = {i for i, n in loaded["prompt"].items() if n["class_type"] in ("CVS_SaveVideo", "CVS_SaveCameras")
+                    and i in entry.get("outputs", {})}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        previews = frontend.node_outputs()
+        if all(previews.get(i) for i in output_nodes):
+            break
+        time.sleep(0.5)
+    assert all(previews.get(i) for i in output_nodes), f"{stem}: no preview in the page for {output_nodes - set(previews)}"
+    time.sleep(2.0)  # the previews load and the nodes take their size
+    nodes = frontend.evaluate("""() => window.app.graph.nodes.map(n => {
+        const box = new Float32Array(4); n.getBounding(box, true);
+        return {title: n.title, box: Array.from(box), size: [...n.size], widgets: []};
+    })""")
+    frontend.screenshot(tmp_path / "after_run.png")
+    assert not overlaps(nodes), f"{stem}: after the run, previews make nodes overlap {overlaps(nodes)} (see {tmp_path})"
+
+
+# --------------------------------------------------------------------------- bad input through /prompt
+def _bank_state(comfy: ComfyServer) -> dict:
+    """``{relative path: sha256}`` of every memory-bank file in the output folder."""
+    import hashlib
+
+    return {str(p.relative_to(comfy.output_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(comfy.output_dir.rglob("*.safetensors"))}
+
+
+def _ensure_banks(comfy: ComfyServer) -> None:
+    """The walk and video memories the fuzz cases point at, made by running the examples
+    that write them when an earlier test has not."""
+    import prompt_fuzz
+
+    for stem, name in (("VMem - Walk step by step", prompt_fuzz.WALK),
+                       ("Memory-V2V - Three re-render turns", prompt_fuzz.V2V)):
+        if any(p.name == f"{name}.safetensors" for p in comfy.output_dir.rglob("*.safetensors")):
+            continue
+        entry = comfy.wait_history(comfy.queue_prompt(_api_prompt(EXAMPLES_DIR / f"{stem}.json", comfy)),
+                                   WORKFLOW_TIMEOUT)
+        assert entry["status"]["status_str"] == "success", _status_summary(entry) + comfy.log_tail()
+
+
+def _bad_weights(comfy: ComfyServer) -> None:
+    """``models/gvm/cvs-corrupt`` (the smoke files, UNet cut in half) and
+    ``models/gvm/cvs-wrong-model`` (the VideoScene smoke files under the GVM family)."""
+    models = comfy.output_dir.parent / "models"
+    gvm = models / families.get("gvm").folder_name
+    corrupt = gvm / "cvs-corrupt"
+    if not corrupt.exists():
+        shutil.copytree(gvm / SMOKE_ENTRY, corrupt)
+        unet = corrupt / "unet" / "diffusion_pytorch_model.safetensors"
+        unet.write_bytes(unet.read_bytes()[: unet.stat().st_size // 2])
+    wrong = gvm / "cvs-wrong-model"
+    if not wrong.exists():
+        shutil.copytree(models / families.get("videoscene").folder_name / SMOKE_ENTRY, wrong)
+
+
+def _answer(comfy: ComfyServer, prompt: dict) -> dict:
+    """What /prompt says: ``{"http": status, "body": ...}`` when refused, else ``{"history": entry}``."""
+    try:
+        answer = comfy.post("/prompt", {"prompt": prompt, "client_id": comfy.client_id})
+    except urllib.error.HTTPError as exc:
+        raw = exc.read().decode("utf-8", errors="replace")
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw
+        return {"http": exc.code, "body": body}
+    return {"history": comfy.wait_history(answer["prompt_id"], WORKFLOW_TIMEOUT)}
+
+
+def test_bad_input_through_prompt(comfy, tmp_path):
+    """Every fuzz case (tests/prompt_fuzz.py) is refused with an error that names the node,
+    the input and what was expected; the server keeps serving; memory banks are
+    byte-identical afterwards. Writes the table row to CVS_FUZZ_TABLE (or tmp_path)."""
+    import prompt_fuzz
+    from consistent_video import NODE_DISPLAY_NAME_MAPPINGS
+
+    _ensure_banks(comfy)
+    _bad_weights(comfy)
+    nodes = _pack_mappings()
+    cases = prompt_fuzz.generated_cases(nodes, SMOKE_ENTRY) + prompt_fuzz.hand_cases(nodes, SMOKE_ENTRY)
+    covered = {c.class_type for c in cases}
+    assert covered >= set(nodes), f"no fuzz case for {sorted(set(nodes) - covered)}"
+    counts = {"clear": 0, "unclear": 0, "accepted": 0, "valid": 0, "crash": 0, "state changed": 0}
+    problems, notes, start = [], [], time.monotonic()
+    for case in cases:
+        before = _bank_state(comfy)
+        for _ in range(case.repeat):
+            try:
+                answer = _answer(comfy, case.prompt)
+            except (urllib.error.URLError, ConnectionError, OSError) as exc:
+                answer = None
+                problems.append(f"CRASH {case.name}: {exc}")
+                break
+        if answer is None or not comfy.alive():
+            counts["crash"] += 1
+            pytest.fail("the server stopped serving at: " + case.name + comfy.log_tail())
+        verdict, message = prompt_fuzz.judge(case, answer, NODE_DISPLAY_NAME_MAPPINGS)
+        counts[verdict] += 1
+        if verdict == "valid":
+            notes.append(f"{case.name}: accepted, as meant ({case.valid})")
+        elif verdict != "clear":
+            problems.append(f"{verdict.upper()} {case.name}: {message}")
+        after = _bank_state(comfy)
+        if after != before and verdict != "valid":  # a valid input may store (a new walk)
+            counts["state changed"] += 1
+            changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+            problems.append(f"STATE CHANGED {case.name}: {changed}")
+    seconds = time.monotonic() - start
+    row = (f"| {len(cases)} | {counts['clear']} | {counts['unclear']} | {counts['accepted']} | {counts['valid']} "
+           f"| {counts['crash']} | {counts['state changed']} | {len(covered)} | {seconds:.0f} s |")
+    table = Path(os.environ.get("CVS_FUZZ_TABLE") or tmp_path / "fuzz.md")
+    table.write_text("| cases | clear errors | unclear errors | wrongly accepted | valid input, accepted | crashes "
+                     "| state changed | nodes | time |\n|---|---|---|---|---|---|---|---|---|\n" + row + "\n\n"
+                     + "\n".join(notes + problems) + "\n", encoding="utf-8")
+    print(f"\n{row}\n(table: {table})")
+    assert comfy.get("/system_stats")["system"]["comfyui_version"]
+    assert len(cases) >= 60
+    assert not problems, f"{len(problems)} of {len(cases)} cases went wrong:\n" + "\n".join(problems[:80])
