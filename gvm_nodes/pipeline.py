@@ -28,6 +28,8 @@ from typing import Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
+from ..nodes import runtime
+
 PAD_MULTIPLE = 32
 
 
@@ -151,13 +153,18 @@ class GVMMatter:
         return torch.cat(out)
 
     def matte_window(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames ``[T,H,W,3]`` (any device) -> alpha ``[T,H,W]`` float32 on the CPU."""
+        """Frames ``[T,H,W,3]`` (any device) -> alpha ``[T,H,W]`` float32 on the CPU.
+
+        Cancel stops the window before the next block of the UNet or the VAE
+        (:func:`~consistent_video.nodes.runtime.interruptible`).
+        """
         s = self.settings
         height, width = frames.shape[1:3]
         hw = working_size(height, width, s.size, s.max_resolution)
         x = frames.permute(0, 3, 1, 2).to(self.device, torch.float32)
         x = _reflect_pad(_resize(x, hw)) * 2.0 - 1.0
-        alpha = self.decode_alpha(self.predict(self.encode(x)))
+        with runtime.interruptible(self.unet, self.vae):
+            alpha = self.decode_alpha(self.predict(self.encode(x)))
         alpha = alpha[:, : hw[0], : hw[1]]
         return _resize(alpha.unsqueeze(1), (height, width))[:, 0].clamp(0.0, 1.0).cpu()
 

@@ -37,6 +37,32 @@ def cancel_on_call(monkeypatch):
     return install
 
 
+@pytest.fixture
+def cancel_inside_network():
+    """``cancel_inside_network(first, last)`` presses Cancel (``runtime.request_interrupt``) right
+    after the module ``first`` has run for the first time (a forward hook), and counts the
+    completed calls of ``first`` and of the later module ``last``; returns that count dict
+    ``{"first": n, "last": n}``. Every hook is removed when the test ends."""
+    handles = []
+
+    def install(first, last) -> dict:
+        calls = {"first": 0, "last": 0}
+
+        def after_first(module, args, output):
+            calls["first"] += 1
+            if calls["first"] == 1:
+                runtime.request_interrupt()
+
+        def after_last(module, args, output):
+            calls["last"] += 1
+        handles.append(first.register_forward_hook(after_first))
+        handles.append(last.register_forward_hook(after_last))
+        return calls
+    yield install
+    for handle in handles:
+        handle.remove()
+
+
 @pytest.fixture(scope="session")
 def smoke_weights_dir(tmp_path_factory) -> Path:
     """A folder holding ``<family>/`` smoke weights for every registered family."""

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..nodes import trajectories
+from ..nodes import runtime, trajectories
 from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras
 from ..nodes.cameras import CameraBatch
 from ..nodes.clip import ImageEmbedder
@@ -73,7 +73,7 @@ class ViewSettings:
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, got {self.steps}")
         if self.resolution < LATENT_DOWNSCALE or self.resolution % LATENT_DOWNSCALE:
-            raise ValueError(f"resolution must be a positive multiple of {LATENT_DOWNSCALE}, got {self.resolution}")
+            raise ValueError(f"resolution is {self.resolution}; expected a positive multiple of {LATENT_DOWNSCALE}")
 
 
 @dataclass
@@ -158,7 +158,8 @@ def sample_latents(unet: torch.nn.Module, mode: str, conditioning: dict, camera_
     ``conditioning``: the UNet inputs for the batch ``[conditional, unconditional]``
     (:func:`t2v_conditioning` / :func:`i2v_conditioning`); ``camera_data`` ``[F, 16]``
     (:func:`~consistent_video.nodes.camera_formats.to_videomv_cameras`). ``progress(1)`` after
-    every step (raising there, e.g. on Cancel, stops the loop).
+    every step (raising there, e.g. on Cancel, stops the loop); Cancel also stops a step
+    before its next UNet block (:func:`~consistent_video.nodes.runtime.interruptible`).
     """
     device, dtype = module_place(unet)
     num_views = camera_data.shape[0]
@@ -167,13 +168,15 @@ def sample_latents(unet: torch.nn.Module, mode: str, conditioning: dict, camera_
     x = initial_noise(num_views, settings.resolution, settings.seed).to(device)
     inputs = {k: v.to(device=device, dtype=dtype) for k, v in conditioning.items()}
     camera = camera_data.to(device=device, dtype=dtype).unsqueeze(0).expand(2, -1, -1)
-    for t in scheduler.timesteps:
-        out = unet(torch.cat([x, x]).to(dtype), t.to(device), camera=camera, return_dict=False, **inputs)[0].float()
-        cond, uncond = out.chunk(2)
-        guided = uncond + settings.guidance * (cond - uncond)
-        x = scheduler.step(guided, t, x, eta=0.0).prev_sample
-        if progress is not None:
-            progress(1)
+    with runtime.interruptible(unet):
+        for t in scheduler.timesteps:
+            out = unet(torch.cat([x, x]).to(dtype), t.to(device), camera=camera, return_dict=False,
+                       **inputs)[0].float()
+            cond, uncond = out.chunk(2)
+            guided = uncond + settings.guidance * (cond - uncond)
+            x = scheduler.step(guided, t, x, eta=0.0).prev_sample
+            if progress is not None:
+                progress(1)
     return x.cpu()
 
 

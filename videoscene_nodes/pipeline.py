@@ -26,6 +26,8 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXT
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 
+from ..nodes import runtime
+
 DEFAULT_TIMESTEP = 459
 """The released demo's ``noise_timestep=460`` minus one (the code draws from ``[460 - 1, 460)``)."""
 MVSPLAT_TIMESTEP = 549
@@ -113,7 +115,8 @@ def refine(transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX
     """Refine ``video`` ``[F, 3, H, W]`` in [-1, 1] (exactly the model's :class:`Geometry`)
     conditioned on ``first`` / ``last`` ``[3, H, W]``; returns ``[F, 3, H, W]`` float32 in about
     [-1, 1]. ``progress(1)`` is called after each of the four stages (encode, conditions,
-    transformer, decode); it may raise to cancel.
+    transformer, decode); it may raise to cancel. Cancel also stops a stage before the next
+    block of the transformer or the VAE (:func:`~consistent_video.nodes.runtime.interruptible`).
     """
     shape = geometry(transformer, vae)
     if tuple(video.shape) != (shape.frames, 3, shape.height, shape.width):
@@ -124,22 +127,23 @@ def refine(transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX
     tick = progress or (lambda n=1: None)
     generator = torch.Generator().manual_seed(int(seed))
     device, dtype = transformer.device, transformer.dtype
-    z0 = encode(vae, video, generator)
-    tick(1)
-    condition = condition_latents(vae, first, last, z0.shape[1], generator)
-    tick(1)
-    noise = torch.randn(z0.shape, generator=generator)
-    t = torch.tensor([timestep], dtype=torch.long)
-    z_t = scheduler.add_noise(z0.float().cpu(), noise, t).to(device)
-    a = alpha_bar(scheduler, timestep)
-    rotary = rotary_embedding(transformer, shape.height, shape.width, z0.shape[1], device)
-    v = transformer(hidden_states=torch.cat([z_t, condition.to(device)], dim=2).to(dtype),
-                    encoder_hidden_states=prompt_embeds.to(device, dtype), timestep=t.to(device),
-                    image_rotary_emb=rotary, return_dict=False)[0]
-    x0 = a ** 0.5 * z_t.float() - (1 - a) ** 0.5 * v.float()
-    tick(1)
-    out = decode(vae, x0)
-    tick(1)
+    with runtime.interruptible(transformer, vae):
+        z0 = encode(vae, video, generator)
+        tick(1)
+        condition = condition_latents(vae, first, last, z0.shape[1], generator)
+        tick(1)
+        noise = torch.randn(z0.shape, generator=generator)
+        t = torch.tensor([timestep], dtype=torch.long)
+        z_t = scheduler.add_noise(z0.float().cpu(), noise, t).to(device)
+        a = alpha_bar(scheduler, timestep)
+        rotary = rotary_embedding(transformer, shape.height, shape.width, z0.shape[1], device)
+        v = transformer(hidden_states=torch.cat([z_t, condition.to(device)], dim=2).to(dtype),
+                        encoder_hidden_states=prompt_embeds.to(device, dtype), timestep=t.to(device),
+                        image_rotary_emb=rotary, return_dict=False)[0]
+        x0 = a ** 0.5 * z_t.float() - (1 - a) ** 0.5 * v.float()
+        tick(1)
+        out = decode(vae, x0)
+        tick(1)
     return out
 
 

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..nodes import runtime
 from ..nodes.cameras import CameraBatch, normalize_cameras, plucker_rays
 from .model import SevaUNet
 from .sampling import GUIDERS, DDPMSchedule, EpsDenoiser, euler_sample, guidance_scales
@@ -124,7 +125,8 @@ def sample_latents(unet: SevaUNet, conditioning: Conditioning, settings: Generat
 
     Both guidance branches run in one network call on a doubled batch (unconditional
     first). The noise is drawn on the CPU from ``seed``, so results do not depend on the
-    device's random generator.
+    device's random generator. Cancel stops the sampling inside a network call, before the
+    next UNet block (:func:`~consistent_video.nodes.runtime.interruptible`).
     """
     settings.validate()
     T = len(conditioning.cameras)
@@ -150,6 +152,6 @@ def sample_latents(unet: SevaUNet, conditioning: Conditioning, settings: Generat
                             conditioning.cameras.K, conditioning.input_mask)
     generator = torch.Generator().manual_seed(int(seed))
     noise = torch.randn((T, C, h, w), generator=generator).to(device)
-    with torch.inference_mode():
+    with torch.inference_mode(), runtime.interruptible(unet):
         x = euler_sample(denoise, noise, sigmas, scale, on_step)
     return x.float().cpu()
