@@ -6,6 +6,7 @@ same folder to the package ``consistent_video`` (``python -m consistent_video ..
 Every import below is relative, so both names work.
 """
 from .nodes import camera_nodes, loader_nodes, splat_nodes, video_nodes
+from .nodes.input_guard import guard_float_inputs
 from . import gvm_nodes  # registers the GVM model family
 from .gvm_nodes import nodes as gvm_node_defs
 from .vmem_nodes import nodes as vmem_node_defs  # also registers the VMem, SEVA and Depth Anything families
@@ -22,5 +23,7 @@ NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 for _module in _NODE_MODULES:
     NODE_CLASS_MAPPINGS.update(_module.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_module.NODE_DISPLAY_NAME_MAPPINGS)
+for _node_id, _cls in NODE_CLASS_MAPPINGS.items():  # NaN / inf FLOATs pass ComfyUI's min/max checks
+    guard_float_inputs(_cls, NODE_DISPLAY_NAME_MAPPINGS[_node_id])
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]

@@ -15,6 +15,9 @@ ground-truth alpha, so tests can score a matte against it without storing it.
 ``cvs_scene.ply``: a small room of 3D Gaussians in the 3DGS PLY layout (:func:`splat_scene`): a
 chequered floor, a back wall and three objects, the input of the VideoScene splat example.
 
+``cvs_cameras.json``: a camera path in the pack's plain camera JSON (:func:`sample_cameras`), the
+default of 'CVS Load Cameras'.
+
 The pixels are deterministic; the H.264 bytes may differ between runs because x264's
 multi-threaded encoder is not bit-exact.
 
@@ -246,6 +249,14 @@ def splat_scene():
                          torch.full((count,), 0.9), rgb_to_sh_dc(rgb)[:, None, :])
 
 
+def sample_cameras():
+    """81 cameras (ReCamMaster's frame count) at 832x480 with a 50 degree vertical field of view:
+    starting at the identity camera, an arc of 30 degrees to the right around the point 2 units
+    ahead, always looking at it."""
+    from consistent_video.nodes.trajectories import orbit
+    return orbit(81, 0.0, 2.0, 0.0, 30.0, width=832, height=480, fov_deg=50.0, target=(0.0, 0.0, 2.0))
+
+
 def main() -> None:
     from consistent_video.nodes.video_io import VideoWriter
 
@@ -261,7 +272,10 @@ def main() -> None:
     Image.fromarray((rgba.numpy() * 255).round().astype(np.uint8), "RGBA").save(HERE / "cvs_object.png", optimize=True)
     from consistent_video.nodes.gaussians import save_ply
     save_ply(splat_scene(), HERE / "cvs_scene.ply")
-    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png", "cvs_scene.ply"):
+    from consistent_video.nodes.camera_formats import save_cvs_json
+    save_cvs_json(sample_cameras(), HERE / "cvs_cameras.json")
+    for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png", "cvs_scene.ply",
+                 "cvs_cameras.json"):
         print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
 
 

@@ -13,7 +13,9 @@ A turn holds what later turns need to be conditioned on it:
 
 The bank changes only through :meth:`VideoMemoryBank.add` (after a turn completed) and
 :meth:`VideoMemoryBank.remove_last`; :meth:`save` replaces the file atomically, so a failed
-or cancelled turn leaves both the bank and its file as they were.
+or cancelled turn leaves both the bank and its file as they were. A turn with a NaN or
+infinite value (as stored: float16 overflows to inf) is refused with :class:`NonFiniteTurn`:
+every later turn that retrieved it would be poisoned.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from typing import Optional
 import torch
 
 from ..nodes.cameras import CameraBatch
-from ..nodes.tensor_files import read_versioned, write_atomic
+from ..nodes.tensor_files import read_versioned, read_versioned_metadata, write_atomic
 
 FORMAT = "consistent_video.video_memory"
 FORMAT_VERSION = 1
@@ -34,6 +36,10 @@ TASKS = ("camera", "edit")
 
 class BankFileError(ValueError):
     """A video memory file that cannot be read (the message names the file and the problem)."""
+
+
+class NonFiniteTurn(ValueError):
+    """A turn that :meth:`VideoMemoryBank.add` refused because it holds NaN or infinite values."""
 
 
 @dataclass
@@ -65,10 +71,20 @@ class VideoMemoryBank:
         return len(self.turns)
 
     def add(self, turn: Turn) -> int:
-        """Append a finished turn; returns its index. Latents are kept as float16 on the CPU."""
-        self.turns.append(Turn(turn.latent.detach().to("cpu", torch.float16).contiguous(), turn.cameras,
-                               None if turn.descriptor is None else turn.descriptor.detach().float().cpu(),
-                               turn.prompt, turn.task))
+        """Append a finished turn; returns its index. Latents are kept as float16 on the CPU.
+
+        Raises :class:`NonFiniteTurn` (the bank unchanged) when the latent as stored, the
+        descriptor or the cameras hold a NaN or infinite value."""
+        stored = Turn(turn.latent.detach().to("cpu", torch.float16).contiguous(), turn.cameras,
+                      None if turn.descriptor is None else turn.descriptor.detach().float().cpu(),
+                      turn.prompt, turn.task)
+        parts = {"latent (as float16)": stored.latent, "descriptor": stored.descriptor,
+                 "camera poses": stored.cameras.c2w, "camera intrinsics": stored.cameras.K}
+        for what, value in parts.items():
+            bad = 0 if value is None else int((~torch.isfinite(value)).sum())
+            if bad:
+                raise NonFiniteTurn(f"the turn's {what} has {bad} NaN or infinite value(s); it was not stored")
+        self.turns.append(stored)
         return len(self.turns) - 1
 
     def remove_last(self) -> Turn:
@@ -89,6 +105,16 @@ class VideoMemoryBank:
                          "task": turn.task})
         metadata = {"format": FORMAT, "version": str(FORMAT_VERSION), "turns": json.dumps(info)}
         return write_atomic(path, tensors, metadata, writer=writer)
+
+    @staticmethod
+    def stored_turns(path: Path) -> int:
+        """How many turns the file at ``path`` holds, read from its header alone (:class:`BankFileError`
+        if it is unreadable)."""
+        metadata = read_versioned_metadata(path, FORMAT, FORMAT_VERSION, "video memory file", BankFileError)
+        try:
+            return len(json.loads(metadata["turns"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BankFileError(f"{path} is an inconsistent video memory file ({type(exc).__name__}: {exc})") from None
 
     @classmethod
     def load(cls, path: Path) -> "VideoMemoryBank":

@@ -19,7 +19,8 @@ Choices (the paper leaves them open; see the README):
 - **Cameras**: ReCamMaster adds the *target* camera embedding to target and source tokens;
   that is kept (with no memory the call equals ReCamMaster's), and each memory video adds
   its *own* trajectory's embedding (Memory-V2V's per-video embedding). Cameras are 12
-  floats per latent frame, ``[R|t]`` row-major.
+  floats per latent frame, ``[R|t]`` row-major, every pose relative to the target path's
+  first camera (:func:`.pipeline.camera_rows`).
 - **Responsiveness** (before the blocks listed in ``merge_blocks``, 0-based, default 10 and
   20: "blocks 10 and 20 of 30"): per conditioning frame (user and memory), ``K_t`` = mean of
   the frame's keys (after the block's q/k norm and RoPE, as attention sees them);

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -16,11 +17,11 @@ from ..nodes.camera_preview import render_camera_preview
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras
 from ..nodes.errors import NodeInputError, check_image, describe
 from ..nodes.families import ModelHandle, check_model
-from ..nodes.state_files import always_rerun, check_name, keep_previous, state_path
+from ..nodes.state_files import PendingReset, always_rerun, ask_reset, check_name, resetting, save_memory, state_path
 from . import pipeline as P
 from ..nodes.weights import WeightsError
 from .adapters import load_adapters
-from .bank import BankFileError, VideoMemoryBank
+from .bank import BankFileError, NonFiniteTurn, VideoMemoryBank
 from .dinov2 import NAME as DINOV2, segment_descriptor
 from .family import FAMILIES, WAN_REPO
 from .memory_forward import SCALES, CallReport
@@ -38,10 +39,13 @@ RETRIEVAL = ("camera (VideoFOV)", "appearance (DINOv2)")
 
 @dataclass(frozen=True)
 class VideoMemory:
-    """A named video memory file (what ``CVS_VIDEO_MEMORY`` carries)."""
+    """A named video memory file (what ``CVS_VIDEO_MEMORY`` carries). ``reset``: a reset asked
+    for and not applied yet (while it holds, the memory reads as empty and the first turn
+    stored applies it, :mod:`..nodes.state_files`)."""
 
     name: str
     path: Path
+    reset: Optional[PendingReset] = None
 
     def __repr__(self) -> str:
         return f"<CVS video memory '{self.name}' at {self.path}>"
@@ -63,11 +67,18 @@ def _check_memory(node: str, value) -> VideoMemory:
 
 
 def _read(node: str, memory: VideoMemory) -> VideoMemoryBank:
+    """The memory's turns: none while its reset holds, else the file's."""
+    if resetting(memory.reset, memory.path):
+        return VideoMemoryBank()
     try:
         return VideoMemoryBank.load(memory.path)
     except BankFileError as exc:
         raise NodeInputError(node, "memory", f"cannot be read: {exc}",
                              "a file written by 'CVS Video Memory' (turn on 'reset' there to start anew)") from None
+
+
+def _holds_nothing(path: Path) -> bool:
+    return VideoMemoryBank.stored_turns(path) == 0
 
 
 def _summary(bank: VideoMemoryBank) -> str:
@@ -79,7 +90,9 @@ class CVS_VideoMemory:
     DISPLAY_NAME = "CVS Video Memory"
     CATEGORY = CATEGORY
     DESCRIPTION = ("A named Memory-V2V video memory: the turns re-rendered so far, in one file under the output "
-                   "folder (cvs_video_memory/<name>.safetensors). Created when missing; 'reset' starts it anew.")
+                   "folder (cvs_video_memory/<name>.safetensors). Created when missing; 'reset' starts it anew "
+                   "when the next turn is stored: only then is the old file kept as <name>.previous and replaced, "
+                   "so a run that fails first loses nothing, and an empty memory never replaces that backup.")
     RETURN_TYPES = (MEMORY_TYPE, "STRING")
     RETURN_NAMES = ("memory", "info")
     OUTPUT_TOOLTIPS = ("The memory, for re-render turns and the preview.", "What it holds.")
@@ -90,18 +103,21 @@ class CVS_VideoMemory:
     def INPUT_TYPES(cls):
         return {"required": {
             "name": ("STRING", {"default": "v2v_memory", "tooltip": "File name of the memory (letters, digits, _ . -)."}),
-            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory (the old file is kept as <name>.previous.safetensors, one level of undo)."}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory. Nothing changes until a "
+                                  "turn is stored; then the old file is kept as <name>.previous.safetensors (one "
+                                  "level of undo). Turn it off after one run: the node runs on every queue."}),
         }}
 
     def open(self, name, reset):
         node = self.DISPLAY_NAME
         name = check_name(node, name)
         path = state_path(FOLDER, name)
-        if reset or not path.exists():
-            keep_previous(path)
+        if not path.exists():
             VideoMemoryBank().save(path)
-        memory = VideoMemory(name, path)
-        return memory, _summary(_read(node, memory))
+        memory = VideoMemory(name, path, ask_reset(path) if reset else None)
+        note = (f"\nreset: the stored memory is kept as {name}.previous and replaced when the next turn is stored "
+                "(until then the file is unchanged)" if reset else "")
+        return memory, _summary(_read(node, memory)) + note
 
 
 class CVS_MemoryV2VEncodeSource:
@@ -208,8 +224,11 @@ class CVS_MemoryV2VRerender:
                 "model": ("CVS_MODEL", {"tooltip": "ReCamMaster weights from 'CVS Model Loader'."}),
                 "memory": (MEMORY_TYPE, {"tooltip": "The memory from 'CVS Video Memory' (or a previous turn)."}),
                 "source": (SOURCE_TYPE, {"tooltip": "The encoded video from 'CVS Memory-V2V Encode Source'."}),
-                "cameras": (CAMERA_TYPE, {"tooltip": "The new camera path, one camera per frame, in the world where "
-                                                     "the video's first camera is the identity (CVS camera nodes)."}),
+                "cameras": (CAMERA_TYPE, {"tooltip": "The new camera path, one camera per frame. Its first camera is "
+                                                     "the video's camera: the model gets every pose relative to it "
+                                                     "(ReCamMaster's convention), so a path in any world works, e.g. a "
+                                                     "ReCamMaster camera json from 'CVS Load Cameras'. Translations in "
+                                                     "metres, as ReCamMaster was trained."}),
                 "prompt": ("STRING", {"default": "", "multiline": True, "tooltip":
                            "What the video shows (umT5 text; ignored when 'positive' is connected)."}),
                 "negative_prompt": ("STRING", {"default": "", "multiline": True, "tooltip":
@@ -285,7 +304,7 @@ class CVS_MemoryV2VRerender:
         else:
             picked, how = P.retrieve(bank, cameras, settings), "VideoFOV score"
         try:
-            videos = P.memory_videos(bank, picked, tuple(source.latent.shape))
+            videos = P.memory_videos(bank, picked, tuple(source.latent.shape), cameras)
         except ValueError as exc:
             raise NodeInputError(node, "memory", str(exc)) from None
         if handle.is_smoke:
@@ -298,8 +317,14 @@ class CVS_MemoryV2VRerender:
             video = P.WanCodec(handle.modules["vae"]).decode(latent)
             bar.update(1)
         info = _report_text(picked, report, bank, how)
-        bank.add(P.make_turn(latent, cameras, prompt, descriptor))  # only now: a failed or cancelled turn adds nothing
-        bank.save(memory.path)
+        try:  # only now: a failed or cancelled turn adds nothing
+            bank.add(P.make_turn(latent, cameras, prompt, descriptor))
+        except NonFiniteTurn as exc:
+            raise NodeInputError(node, "model", f"produced a turn with NaN or infinite values ({exc}); memory "
+                                 f"'{memory.name}' is unchanged", "weights and settings that give finite latents "
+                                 "(check the checkpoint, 'cfg' and 'adapter_weights')") from None
+        save_memory(memory.path, bank.save, keep_old=resetting(memory.reset, memory.path), empty=_holds_nothing)
+        memory = VideoMemory(memory.name, memory.path)
         return video, cameras, memory, info + f"\nthe memory now holds {len(bank)} turn(s)"
 
 

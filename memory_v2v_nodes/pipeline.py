@@ -6,10 +6,10 @@ Steps (ReCamMaster's sampler with Memory-V2V's memory):
    to ``width x height`` by aspect-preserving resize and centre crop, encoded by the Wan VAE
    (posterior mean, normalised per channel with the VAE's ``latents_mean`` / ``latents_std``)
    into ``[16, (frames - 1) / 4 + 1, height / 8, width / 8]``.
-2. **Cameras**: per latent frame ``k`` the camera of output frame ``4k``: its camera-to-world
-   ``[R|t]`` (3x4, row-major) in the world where the user video's first camera is the
-   identity (as ReCamMaster's relative poses; the pack's OpenCV convention, as every CVS
-   camera node).
+2. **Cameras** (:func:`camera_rows`): per latent frame ``k`` the camera of output frame ``4k``,
+   as a pose *relative to the target path's first camera* (ReCamMaster's inference: that
+   camera is the user video's camera, the identity), 12 numbers per camera. The memory
+   videos' cameras are made relative to the same camera, as VideoFOV retrieval does.
 3. **Retrieval**: the bank's camera turns ranked by VideoFOV against the target cameras
    (:mod:`.retrieval`), top ``k``; the best 3 are tokenised at 1x4x4, the rest at 1x8x8.
 4. **Sampling**: flow matching with ReCamMaster's schedule (``sigma_i = linspace(1, 0, steps + 1)``
@@ -30,7 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nodes.cameras import CameraBatch
+from ..nodes import runtime
+from ..nodes.cameras import CameraBatch, relative_to
 from ..nodes.tensor_checks import module_place
 from .bank import Turn, VideoMemoryBank
 from .memory_forward import DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemoryVideo, denoise
@@ -80,8 +81,8 @@ def fit_video(video: torch.Tensor, settings: TurnSettings) -> torch.Tensor:
     """``[N,H,W,3]`` -> the first ``settings.frames`` frames at ``width x height`` (aspect-preserving
     resize, antialiased bilinear, then centre crop). Raises ``ValueError`` for too few frames."""
     if video.shape[0] < settings.frames:
-        raise ValueError(f"the video has {video.shape[0]} frames; a turn re-renders {settings.frames} "
-                         "(set 'frames' to 4k + 1 not above the video's length)")
+        raise ValueError(f"the video has {video.shape[0]} frames; expected at least the {settings.frames} a turn "
+                         "re-renders (or set 'frames' to 4k + 1 not above the video's length)")
     x = video[:settings.frames].float().permute(0, 3, 1, 2)
     scale = max(settings.width / x.shape[-1], settings.height / x.shape[-2])
     size = (max(settings.height, round(x.shape[-2] * scale)), max(settings.width, round(x.shape[-1] * scale)))
@@ -115,12 +116,35 @@ class WanCodec:
         return ((video + 1) / 2).clamp(0, 1).permute(1, 2, 3, 0).contiguous()
 
 
-def camera_rows(cameras: CameraBatch, frames: int) -> torch.Tensor:
-    """``[latent frames, 12]``: the ``[R|t]`` of output frames 0, 4, 8, ... (module doc)."""
+def camera_rows(cameras: CameraBatch, frames: int, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The camera embedding input of the DiT: ``[latent frames, 12]`` float32, one row per latent
+    frame ``k`` for output frame ``4k`` (frames 0, 4, ..., ``frames - 1``: 21 rows for 81 frames).
+
+    Convention (ReCamMaster's ``get_relative_pose``, which ``cam_encoder`` was trained on):
+
+    - **Frame**: every pose is relative to ``reference``, a camera-to-world ``[4,4]``; default
+      (``None``) the first camera of ``cameras``, as ReCamMaster's inference script does for the
+      target path. So row 0 of a target path is always the identity ``[1 0 0 0 0 1 0 0 0 0 1 0]``:
+      the path starts at the user video's camera. (ReCamMaster trains relative to the source
+      video's first camera; its target paths start there.) Memory videos pass the *target's*
+      first camera as ``reference`` (:func:`memory_videos`), so all cameras share one frame.
+    - **Axes**: the relative pose ``rel = inv(reference) @ c2w_i`` is a camera-to-reference
+      transform in OpenCV axes (x right, y down, z forward), the axes ReCamMaster's loader
+      produces from its Unreal Engine files (see
+      :func:`~consistent_video.nodes.camera_formats.load_recammaster`).
+    - **12 numbers**: the top three rows of ``rel`` flattened row-major,
+      ``[r00 r01 r02 tx  r10 r11 r12 ty  r20 r21 r22 tz]``.
+    - **Scale**: translations in the batch's units, unscaled. ReCamMaster only divides its
+      Unreal centimetres by 100 (so its network saw metres) and normalises nothing else;
+      paths from CVS camera nodes should use metre-like units too.
+
+    Raises ``ValueError`` unless there is exactly one camera per output frame.
+    """
     if len(cameras) != frames:
         raise ValueError(f"there are {len(cameras)} cameras for {frames} frames; give one camera per output frame")
     picked = cameras.c2w[::TEMPORAL_STRIDE][:latent_frames(frames)]
-    return picked[:, :3, :4].reshape(-1, 12).float()
+    rel = relative_to(picked, cameras.c2w[0] if reference is None else reference)
+    return rel[:, :3, :4].reshape(-1, 12).float()
 
 
 def retrieve(bank: VideoMemoryBank, target: CameraBatch, settings: TurnSettings) -> list[tuple[int, float]]:
@@ -145,8 +169,11 @@ def retrieve_by_appearance(bank: VideoMemoryBank, descriptor: torch.Tensor, top_
     return [(candidates[i], score) for i, score in ranked]
 
 
-def memory_videos(bank: VideoMemoryBank, picked: Sequence[tuple[int, float]], latent_shape) -> list[MemoryVideo]:
-    """The retrieved turns as conditioning videos (best 3 at 1x4x4, the rest at 1x8x8)."""
+def memory_videos(bank: VideoMemoryBank, picked: Sequence[tuple[int, float]], latent_shape,
+                  target: CameraBatch) -> list[MemoryVideo]:
+    """The retrieved turns as conditioning videos (best 3 at 1x4x4, the rest at 1x8x8), each with
+    its own trajectory's camera rows relative to the first camera of ``target`` (this turn's
+    path; :func:`camera_rows`), the frame VideoFOV retrieval ranks them in."""
     out = []
     for rank, (index, _) in enumerate(picked):
         turn = bank.turns[index]
@@ -154,7 +181,7 @@ def memory_videos(bank: VideoMemoryBank, picked: Sequence[tuple[int, float]], la
             raise ValueError(f"memory turn {index} has latents {list(turn.latent.shape)}; this turn's are "
                              f"{list(latent_shape)} (a memory holds one video size: reset it for another)")
         frames = (len(turn.cameras) - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
-        out.append(MemoryVideo(turn.latent.float(), camera_rows(turn.cameras[:frames], frames),
+        out.append(MemoryVideo(turn.latent.float(), camera_rows(turn.cameras[:frames], frames, target.c2w[0]),
                                "1x4x4" if rank < FINE_TOKENIZED else "1x8x8"))
     return out
 
@@ -173,7 +200,9 @@ def sample(model, user_latent: torch.Tensor, target_rows: torch.Tensor, text: to
            report: Optional[CallReport] = None, adapters: Optional[tuple] = None) -> torch.Tensor:
     """The target latent ``[16, F', h, w]`` (float32, CPU). ``text`` ``[2, L, D]``: conditional then
     unconditional tokens. ``report`` gets the first call's token counts and merges. ``adapters``:
-    ``(embedders, mergers)`` from :func:`.adapters.load_adapters` (default: parameter-free)."""
+    ``(embedders, mergers)`` from :func:`.adapters.load_adapters` (default: parameter-free).
+    ``progress(1)`` after every step; Cancel also stops a step before the next part of a
+    transformer block (:func:`~consistent_video.nodes.runtime.interruptible`)."""
     embedders, mergers = adapters or ({}, {})
     device, dtype = module_place(model)
     generator = torch.Generator().manual_seed(int(settings.seed))
@@ -183,14 +212,15 @@ def sample(model, user_latent: torch.Tensor, target_rows: torch.Tensor, text: to
     text = text.to(device=device, dtype=dtype)
     rows = target_rows.to(device)
     scheduler = schedule(settings.steps, settings.shift)
-    for i, t in enumerate(scheduler.timesteps):
-        out = denoise(model, torch.cat([x, x]).to(dtype), t.expand(2).to(device), text, rows, user, mem,
-                      merge_blocks=settings.merge_blocks, merge_ratio=settings.merge_ratio,
-                      embedders=embedders, mergers=mergers, report=report if i == 0 else None).float()
-        cond, uncond = out.chunk(2)
-        x = scheduler.step(uncond + settings.cfg * (cond - uncond), t, x).prev_sample
-        if progress is not None:
-            progress(1)
+    with runtime.interruptible(model):
+        for i, t in enumerate(scheduler.timesteps):
+            out = denoise(model, torch.cat([x, x]).to(dtype), t.expand(2).to(device), text, rows, user, mem,
+                          merge_blocks=settings.merge_blocks, merge_ratio=settings.merge_ratio,
+                          embedders=embedders, mergers=mergers, report=report if i == 0 else None).float()
+            cond, uncond = out.chunk(2)
+            x = scheduler.step(uncond + settings.cfg * (cond - uncond), t, x).prev_sample
+            if progress is not None:
+                progress(1)
     return x[0].cpu()
 
 

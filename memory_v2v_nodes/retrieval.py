@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..nodes.cameras import CameraBatch
+from ..nodes.cameras import CameraBatch, relative_to
 
 GRID = (180, 360)  # latitude x longitude cells
 DEFAULT_LAMBDA = 0.5
@@ -42,7 +42,7 @@ def fov_mask(cameras: CameraBatch, reference: torch.Tensor, radius: float = 1.0,
     """``[lat * lon]`` bool: the sphere points (around ``reference``, a camera-to-world ``[4,4]``)
     that any camera of ``cameras`` sees."""
     points = sphere_points(radius, grid)
-    rel = torch.linalg.inv(reference.to(torch.float64)) @ cameras.c2w.to(torch.float64)  # [F, 4, 4]
+    rel = relative_to(cameras.c2w, reference)  # [F, 4, 4] float64
     K = cameras.K.to(torch.float64)
     seen = torch.zeros(points.shape[0], dtype=torch.bool)
     for start in range(0, len(cameras), chunk):

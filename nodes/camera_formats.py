@@ -177,7 +177,8 @@ def keyframes_from_text(text: str, width: int, height: int, fov_deg: float = 54.
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CameraFormatError(f"keyframes are not valid JSON: {exc}") from None
+        raise CameraFormatError(f"keyframes are not valid JSON ({exc}); expected a JSON list such as "
+                                '[{"position": [0, 0, 0], "look_at": [0, 0, 1]}, {"position": [1, 0, 0], "look_at": [0, 0, 2]}]') from None
     if isinstance(data, dict) and "width" in data and "height" in data:
         return cameras_from_dict(data, "keyframes")
     frames = data.get("frames") if isinstance(data, dict) else data
@@ -366,6 +367,14 @@ def recammaster_cameras(path) -> list[str]:
 def load_recammaster(path, camera: str = "", width: int = 832, height: int = 480, fov_deg: float = 50.0,
                      units_per_meter: float = 100.0, frame_stride: int = 1) -> CameraBatch:
     """Load one camera's trajectory from a ReCamMaster ``camera_extrinsics.json``.
+
+    The poses are the file's **absolute** Unreal Engine poses converted to the pack's axes
+    (module docstring): OpenCV camera-to-world ``[N,4,4]`` in a right-handed z-up world, in
+    metres (the file's translation divided by ``units_per_meter``). ReCamMaster feeds its
+    network each pose relative to the path's first camera; the Memory-V2V re-render does
+    that where it builds the camera embedding
+    (:func:`consistent_video.memory_v2v_nodes.pipeline.camera_rows`), so the batch is not
+    re-expressed here and other nodes keep the file's world.
 
     Args:
         camera: key such as ``"cam01"`` (``""`` = the first camera in ``frame0``).

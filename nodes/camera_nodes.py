@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import camera_formats, camera_preview, runtime, trajectories, video_io
+from . import camera_formats, camera_preview, trajectories, video_io
 from .cameras import CAMERA_TYPE, check_cameras
 from .errors import NodeInputError, check_image, check_mask
 
@@ -17,11 +17,11 @@ CATEGORY = "Consistent Video/Cameras"
 _CAMERAS_OUT = "The camera batch (OpenCV camera-to-world, normalised intrinsics, image size)."
 
 
-def _size_inputs(width: int = 576, height: int = 576, what: str = "the cameras refer to") -> dict:
+def _size_inputs(width: int = 576, height: int = 576, what: str = "the cameras refer to", minimum: int = 1) -> dict:
     return {
-        "width": ("INT", {"default": width, "min": 1, "max": 16384,
+        "width": ("INT", {"default": width, "min": minimum, "max": 16384,
                           "tooltip": f"Image width in pixels {what}."}),
-        "height": ("INT", {"default": height, "min": 1, "max": 16384,
+        "height": ("INT", {"default": height, "min": minimum, "max": 16384,
                            "tooltip": f"Image height in pixels {what}."}),
     }
 
@@ -31,17 +31,17 @@ _FOV = ("FLOAT", {"default": 54.0, "min": 1.0, "max": 179.0, "step": 0.1,
 
 
 def _resolve_camera_path(node: str, text: str) -> Path:
-    """An absolute or existing path as is, else a name in ComfyUI's input folder."""
-    text = str(text).strip().strip('"').strip("'")
-    if not text:
-        raise NodeInputError(node, "path", "is empty", "a camera file path or a file name in ComfyUI's input folder")
-    path = Path(text).expanduser()
-    candidates = [path] if path.is_absolute() else [path, runtime.input_dir() / path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    raise NodeInputError(node, "path", f"'{text}' was not found (searched: "
-                         f"{', '.join(str(c.resolve()) for c in candidates)})", "an existing camera file")
+    """An absolute or existing path as is, else a name in ComfyUI's input folder, else a
+    bundled asset (:func:`video_io.resolve_input_path`)."""
+    expected = ("a camera file: an absolute path, a file name in ComfyUI's input folder, or the bundled "
+                "'cvs_cameras.json'")
+    try:
+        path = video_io.resolve_input_path(text, kind="camera file")
+    except video_io.VideoError as exc:
+        raise NodeInputError(node, "path", str(exc), expected) from None
+    if not path.is_file():
+        raise NodeInputError(node, "path", f"'{path}' is a folder", expected)
+    return path
 
 
 class CVS_LoadCameras:
@@ -57,8 +57,9 @@ class CVS_LoadCameras:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "path": ("STRING", {"default": "cameras.json", "tooltip":
-                     "Camera file: an absolute path or a file name in ComfyUI's input folder."}),
+            "path": ("STRING", {"default": "cvs_cameras.json", "tooltip":
+                     "Camera file: an absolute path or a file name in ComfyUI's input folder. The bundled "
+                     "'cvs_cameras.json' (81 cameras arcing 30 degrees to the right, 832x480) works anywhere."}),
             "format": (["auto", *camera_formats.FORMATS], {"default": "auto", "tooltip":
                        "File format; 'auto' tells them apart by extension (.txt = RealEstate10K) and JSON keys."}),
             **_size_inputs(576, 576, "the cameras refer to, for formats that do not store it "
@@ -321,7 +322,7 @@ class CVS_CameraPreview:
                 "view": (list(camera_preview.VIEWS), {"default": "top", "tooltip":
                          "top: seen from above (walks); perspective: from above, behind and to the right "
                          "(orbits, looking up/down); front / side: orthographic along z / x."}),
-                **_size_inputs(512, 512, "of the preview image"),
+                **_size_inputs(512, 512, "of the preview image", minimum=camera_preview.MIN_SIZE),
                 "frustum_size": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01, "tooltip":
                                  "Frustum depth in scene units; 0 = 8% of the path's extent."}),
                 "max_points": ("INT", {"default": 50000, "min": 1, "max": 10_000_000, "tooltip":
@@ -340,8 +341,9 @@ class CVS_CameraPreview:
         cams = check_cameras(node, "cameras", cameras)
         if view not in camera_preview.VIEWS:
             raise NodeInputError(node, "view", f"is '{view}'", f"one of {', '.join(camera_preview.VIEWS)}")
-        if width < 16 or height < 16:
-            raise NodeInputError(node, "width" if width < 16 else "height", f"is {min(width, height)}", "at least 16")
+        for name, value in (("width", width), ("height", height)):
+            if value < camera_preview.MIN_SIZE:
+                raise NodeInputError(node, name, f"is {value}", f"at least {camera_preview.MIN_SIZE} pixels")
         points = colors = None
         if depth is not None:
             depth = check_mask(node, "depth", depth)

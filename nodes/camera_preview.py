@@ -25,6 +25,7 @@ from .cameras import CameraBatch, look_at, unproject
 from .trajectories import WORLD_UP
 
 VIEWS = ("top", "perspective", "front", "side")
+MIN_SIZE = 16  # smallest preview width and height in pixels
 _ORTHO = {  # rows: view x (right), view y (down), view z (away from the viewer), in world axes
     "top": [[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]],
     "front": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
@@ -81,8 +82,8 @@ def render_camera_preview(cams: CameraBatch, width: int = 512, height: int = 512
     """
     if view not in VIEWS:
         raise ValueError(f"unknown preview view '{view}'; expected one of {', '.join(VIEWS)}")
-    if width < 16 or height < 16:
-        raise ValueError(f"preview size must be at least 16x16, got {width}x{height}")
+    if width < MIN_SIZE or height < MIN_SIZE:
+        raise ValueError(f"preview size must be at least {MIN_SIZE}x{MIN_SIZE}, got {width}x{height}")
     cams = cams.to("cpu")
     n = len(cams)
     centres = cams.centers()

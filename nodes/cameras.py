@@ -183,10 +183,16 @@ class CameraBatch:
 
 def check_cameras(node: str, name: str, value, *, count: int | None = None) -> CameraBatch:
     """Validate a node's camera input: a :class:`CameraBatch` (with ``count`` cameras if
-    given). Raises :class:`NodeInputError` naming the node and the input."""
+    given) whose values still pass the batch's own checks (finite, rigid, positive focal
+    lengths). Raises :class:`NodeInputError` naming the node and the input."""
     if not isinstance(value, CameraBatch):
         raise NodeInputError(node, name, f"got {describe(value)}",
                              f"a {CAMERA_TYPE} camera batch (from a CVS camera node)")
+    try:  # again: a batch's tensors can have been changed in place since it was made
+        CameraBatch(value.c2w, value.K, value.width, value.height)
+    except ValueError as exc:
+        raise NodeInputError(node, name, f"is not a valid camera batch: {exc}",
+                             "finite, rigid OpenCV camera-to-world poses and positive focal lengths") from None
     if count is not None and len(value) != count:
         raise NodeInputError(node, name, f"has {len(value)} cameras", f"{count}, one per frame")
     return value
@@ -227,6 +233,16 @@ def rigid_inverse(T: torch.Tensor) -> torch.Tensor:
     out[..., :3, 3:] = -R.transpose(-1, -2) @ t
     out[..., 3, 3] = 1.0
     return out
+
+
+def relative_to(c2w: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world poses ``[...,4,4]`` re-expressed in the frame of a ``reference`` camera
+    (its camera-to-world ``[4,4]``): ``rigid_inverse(reference) @ c2w``, so the reference
+    becomes the identity and every pose says where that camera sits as seen from the
+    reference camera (OpenCV axes: x right, y down, z forward, in the world's units).
+    Computed and returned in float64, so poses far from the origin keep their relative
+    precision."""
+    return rigid_inverse(reference.to(torch.float64)) @ c2w.to(device=reference.device, dtype=torch.float64)
 
 
 # ---- projection ---------------------------------------------------------------------------

@@ -67,7 +67,9 @@ class CVS_ModelLoader:
             folder = store.resolve(fam, weights, path, repo_id)
             handle = fam.load(folder, torch_device, dtype)
         except store.WeightsError as exc:
-            raise store.WeightsError(f"{node} ({fam.display_name}): {exc}") from None
+            blamed = "path" if str(path).strip() else "weights"
+            raise store.WeightsError(f"{node} ({fam.display_name}): input '{blamed}': {exc}\nExpected: "
+                                     f"{fam.display_name} weights in the layout above (README, 'Weights').") from None
         if handle.is_smoke:
             log.warning("%s: %s are SMOKE weights (tiny, random): outputs will be noise.", node, folder)
         return (handle,)

@@ -7,7 +7,7 @@ The engine behind ``python -m consistent_video run``; also a Python API::
 
 Semantics follow ComfyUI's executor: only nodes that an ``OUTPUT_NODE`` needs run, in
 dependency order, after the whole graph is validated (required inputs, combo values,
-min/max, link targets and types, ``VALIDATE_INPUTS``). Inputs and outputs travel as
+min/max, finite FLOATs, link targets and types, ``VALIDATE_INPUTS``). Inputs and outputs travel as
 lists so ``INPUT_IS_LIST``/``OUTPUT_IS_LIST`` work as in ComfyUI: a node without
 ``INPUT_IS_LIST`` is called once per element of its longest list input. Lazy inputs
 are evaluated eagerly; node expansion (``"expand"``) is not supported.
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional
 
 from . import runtime
+from .input_guard import finite_expectation, non_finite
 from .workflow_format import (WorkflowError, api_to_ui, input_specs, load_workflow, node_label,
                               package_nodes, types_match)
 
@@ -192,6 +193,9 @@ def _validate_node(node_id: str, prompt: dict, node_classes: Mapping[str, type])
             except (TypeError, ValueError):
                 error(spec.name, f"has value {value!r}, which is not a {spec.type}")
                 continue
+        if spec.type == "FLOAT" and non_finite(value) is not None:  # NaN passes every min/max comparison
+            error(spec.name, f"is {value}; expected {finite_expectation(spec.options)}")
+            continue
         if spec.name in params or custom_all:
             continue
         if "min" in spec.options and value < spec.options["min"]:

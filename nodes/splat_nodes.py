@@ -49,9 +49,9 @@ class CVS_LoadSplats:
     def load(self, ply):
         node = self.DISPLAY_NAME
         try:
-            path = video_io.resolve_input_path(ply)
+            path = video_io.resolve_input_path(ply, kind="file")
         except video_io.VideoError as exc:
-            raise NodeInputError(node, "ply", str(exc).replace("video", "file", 1)) from None
+            raise NodeInputError(node, "ply", str(exc)) from None
         try:
             scene = load_ply(path)
         except (ValueError, OSError) as exc:

@@ -48,23 +48,38 @@ def write_atomic(path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapp
     return path
 
 
-def read_versioned(path: Path, fmt: str, version: int, what: str,
-                   error: Type[Exception]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a file written by :func:`write_atomic` whose metadata has ``format == fmt`` and a
-    ``version`` not newer than ``version``. Problems raise ``error`` naming ``what`` and the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{what} {path} does not exist")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:
-        raise error(f"{path} is not a readable {what} (truncated or corrupt? {type(exc).__name__}: {exc})") from None
+def _check_header(path: Path, metadata: Mapping[str, str], fmt: str, version: int, what: str,
+                  error: Type[Exception]) -> None:
     if metadata.get("format") != fmt:
         raise error(f"{path} is not a {what} (format {metadata.get('format')!r})")
     found = metadata.get("version", "?")
     if not found.isdigit() or int(found) > version:
         raise error(f"{path} has format version {found}; this version of the pack reads up to version {version}. "
                     "Update the pack to load it.")
+
+
+def _open(path: Path, what: str, error: Type[Exception], tensors: bool):
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}, ({k: f.get_tensor(k) for k in f.keys()} if tensors else {})
+    except Exception as exc:
+        raise error(f"{path} is not a readable {what} (truncated or corrupt? {type(exc).__name__}: {exc})") from None
+
+
+def read_versioned(path: Path, fmt: str, version: int, what: str,
+                   error: Type[Exception]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a file written by :func:`write_atomic` whose metadata has ``format == fmt`` and a
+    ``version`` not newer than ``version``. Problems raise ``error`` naming ``what`` and the path."""
+    metadata, tensors = _open(path, what, error, tensors=True)
+    _check_header(Path(path), metadata, fmt, version, what, error)
     return tensors, metadata
+
+
+def read_versioned_metadata(path: Path, fmt: str, version: int, what: str, error: Type[Exception]) -> dict[str, str]:
+    """The metadata of such a file, checked like :func:`read_versioned`, without reading any tensor."""
+    metadata, _ = _open(path, what, error, tensors=False)
+    _check_header(Path(path), metadata, fmt, version, what, error)
+    return metadata

@@ -79,7 +79,7 @@ def parse_actions(text: str) -> list[tuple[str, float]]:
         parts = item.split()
         name = parts[0].lower()
         if name not in ACTIONS:
-            raise ValueError(f"unknown action '{parts[0]}' in '{item}'; known: {', '.join(ACTIONS)}")
+            raise ValueError(f"unknown action '{parts[0]}' in '{item}'; expected one of {', '.join(ACTIONS)}")
         if len(parts) != 2:
             raise ValueError(f"action '{item}' needs exactly one amount, e.g. '{name} "
                              f"{'30' if name in ANGLE_ACTIONS else '0.5'}'")
@@ -139,7 +139,7 @@ def navigate(actions: Sequence[tuple[str, float]], poses_per_action: int = 4, st
     poses = [current[None]] if include_start else []
     for name, amount in actions:
         if name not in ACTIONS:
-            raise ValueError(f"unknown action '{name}'; known: {', '.join(ACTIONS)}")
+            raise ValueError(f"unknown action '{name}'; expected one of {', '.join(ACTIONS)}")
         new = _action_poses(current, name, float(amount), poses_per_action)
         poses.append(new)
         current = new[-1]

@@ -35,8 +35,8 @@ from . import runtime
 
 __all__ = [
     "VideoError", "VideoInfo", "VideoFormat", "FORMATS", "parse_fps", "format_fps",
-    "probe", "resolve_input_path", "read_frames", "load_frames", "source_fingerprint", "input_fingerprint",
-    "VideoWriter", "DEFAULT_QUALITY", "next_output_path", "ui_entry", "ASSETS_DIR",
+    "probe", "resolve_input_path", "output_size", "read_frames", "load_frames", "source_fingerprint",
+    "input_fingerprint", "VideoWriter", "DEFAULT_QUALITY", "next_output_path", "ui_entry", "ASSETS_DIR", "MAX_SIDE",
 ]
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
@@ -47,6 +47,7 @@ _NTSC_RATES = tuple(Fraction(n * 1000, 1001) for n in (24, 30, 48, 60, 120))
 # PyAV 17+ converts pixel formats on several threads, which races in its FFmpeg 8 swscale
 # (random wrong pixels); older PyAV converts on one thread and has no such argument.
 _ONE_THREAD = {"threads": 1} if int(av.__version__.split(".")[0]) >= 17 else {}
+MAX_SIDE = 8192  # the largest width or height a resize asks for; any pair up to it is scalable
 
 
 class VideoError(ValueError):
@@ -61,7 +62,7 @@ def parse_fps(value) -> Fraction:
     the exact ``n*1000/1001`` fractions. Raises ``ValueError`` naming the value for
     zero, negative, NaN, infinite or unparsable input.
     """
-    problem = f"frame rate {value!r} is not a positive number or fraction like '24', '29.97' or '30000/1001'"
+    problem = f"frame rate {value!r} is not usable; expected a positive number or fraction like '24', '29.97' or '30000/1001'"
     if isinstance(value, bool):
         raise ValueError(problem)
     try:
@@ -93,36 +94,39 @@ class VideoInfo:
     has_alpha: bool
 
 
-def resolve_input_path(name: str) -> Path:
-    """Find a video given by the user: an absolute or existing path as is, else a name
+def resolve_input_path(name: str, kind: str = "video") -> Path:
+    """Find a file given by the user: an absolute or existing path as is, else a name
     relative to ComfyUI's input folder, else one of the pack's bundled ``assets/``
     (so ``cvs_sample.mp4`` works anywhere). Raises :class:`VideoError` listing the
-    places searched."""
+    places searched; ``kind`` ("video", "image", "camera file", ...) names what it is in
+    the messages."""
     text = str(name).strip().strip('"').strip("'")
     if not text:
-        raise VideoError("no video path was given")
+        raise VideoError(f"no {kind} path was given; expected a file name in ComfyUI's input folder, one of the pack's bundled assets, or a full path")
     path = Path(text).expanduser()
     candidates = [path] if path.is_absolute() else [path, runtime.input_dir() / path, ASSETS_DIR / path]
     for candidate in candidates:
         if candidate.exists():
             return candidate.resolve()
     searched = ", ".join(str(c.resolve()) for c in candidates)
-    raise VideoError(f"video '{text}' was not found; searched: {searched}")
+    raise VideoError(f"{kind} '{text}' was not found (searched: {searched}); expected a file name in ComfyUI's input folder, one of the pack's bundled assets, or a full path")
 
 
-def probe(path) -> VideoInfo:
+def probe(path, kind: str = "video") -> VideoInfo:
     """Size, exact frame rate, frame count, codec and alpha of a video file or image folder.
 
     Decodes the first frame, so a file that opens but holds no decodable frame is
-    rejected. Raises :class:`VideoError` for a missing, empty, non-video or frameless input.
+    rejected. Raises :class:`VideoError` for a missing, empty, non-video or frameless input;
+    ``kind`` ("video" or "image") names what was expected in the messages.
     """
     path = Path(path)
     if not path.exists():
-        raise VideoError(f"video '{path}' does not exist")
+        raise VideoError(f"{kind} '{path}' does not exist")
     if path.is_dir():
         return _probe_sequence(path)
     if path.stat().st_size == 0:
-        raise VideoError(f"video '{path}' is an empty file (0 bytes)")
+        raise VideoError(f"{kind} '{path}' is an empty file (0 bytes)")
+    readable = "a video" if kind == "video" else f"an {kind} or video" if kind[0] in "aeiou" else f"a {kind} or video"
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -138,9 +142,9 @@ def probe(path) -> VideoInfo:
             codec = stream.codec_context.name
             has_alpha = stream.metadata.get("alpha_mode") == "1"
     except av.error.FFmpegError as exc:
-        raise VideoError(f"'{path}' is not a video FFmpeg can read ({exc})") from None
+        raise VideoError(f"'{path}' is not {readable} FFmpeg can read ({exc})") from None
     if first is None:
-        raise VideoError(f"video '{path}' has no frames")
+        raise VideoError(f"{kind} '{path}' has no frames")
     has_alpha = has_alpha or any(c.is_alpha for c in first.format.components)
     return VideoInfo(first.width, first.height, rate, count, exact, codec, has_alpha)
 
@@ -201,7 +205,18 @@ def input_fingerprint(name: str) -> str | float:
 
 
 # --------------------------------------------------------------------------- reading
-def _output_size(info: VideoInfo, size) -> tuple[int, int]:
+def scalable(width: int, height: int) -> bool:
+    """Whether FFmpeg's scaler takes a ``width x height`` picture: libavutil's image size check
+    wants ``8 (width + 128) (height + 128) < 2^31`` (about 16128 x 16128 for a square; any
+    size up to :data:`MAX_SIDE` on both sides passes)."""
+    return 8 * (width + 128) * (height + 128) < 2**31 - 1
+
+
+def output_size(info: VideoInfo, size) -> tuple[int, int]:
+    """The ``(width, height)`` frames are read at: ``size=(width, height)`` with a 0 following
+    the aspect ratio of ``info``, or ``None`` / ``(0, 0)`` for the source size. Raises
+    ``ValueError`` for a negative size and :class:`VideoError` for a resize larger than FFmpeg
+    can scale to (:func:`scalable`; image folders follow the same rule)."""
     if not size or tuple(size) == (0, 0):
         return info.width, info.height
     width, height = (int(s) for s in size)
@@ -211,6 +226,10 @@ def _output_size(info: VideoInfo, size) -> tuple[int, int]:
         width = max(1, round(height * info.width / info.height))
     if height == 0:
         height = max(1, round(width * info.height / info.width))
+    if not scalable(width, height):
+        raise VideoError(f"resizing the {info.width}x{info.height} frames to {width}x{height} is more than FFmpeg "
+                         f"can scale (it needs 8 (width + 128) (height + 128) < 2^31: up to {MAX_SIDE} on both "
+                         "sides always works, about 16128x16128 at most)")
     return width, height
 
 
@@ -285,21 +304,23 @@ def read_frames(path, start: int = 0, end: Optional[int] = None, stride: int = 1
     """
     _check_selection(start, end, stride, max_frames)
     path = Path(path)
-    out_size = _output_size(probe(path), size)
+    out_size = output_size(probe(path), size)
     return _frames(path, start, end, stride, max_frames, out_size, alpha)
 
 
 def load_frames(path, start: int = 0, end: Optional[int] = None, stride: int = 1, max_frames: int = 0,
-                size: Optional[tuple[int, int]] = None, alpha: bool = False) -> tuple[torch.Tensor, Fraction]:
+                size: Optional[tuple[int, int]] = None, alpha: bool = False,
+                kind: str = "video") -> tuple[torch.Tensor, Fraction]:
     """All selected frames as one ``[T,H,W,C]`` float32 tensor, and the exact frame rate.
 
-    Same arguments as :func:`read_frames`. Reports progress and honours Cancel through
-    ``runtime.Progress``. Raises :class:`VideoError` when the selection holds no frame.
+    Same arguments as :func:`read_frames` (``kind`` as in :func:`probe`). Reports progress and
+    honours Cancel through ``runtime.Progress``. Raises :class:`VideoError` when the selection
+    holds no frame.
     """
     _check_selection(start, end, stride, max_frames)
     path = Path(path)
-    info = probe(path)
-    frames = _frames(path, start, end, stride, max_frames, _output_size(info, size), alpha)
+    info = probe(path, kind)
+    frames = _frames(path, start, end, stride, max_frames, output_size(info, size), alpha)
     first = next(frames, None)
     if first is None:
         raise VideoError(f"no frames selected from '{path}': it has {info.frame_count} frames, "

@@ -54,9 +54,9 @@ class CVS_LoadVideo:
                                "tooltip": "Load every n-th frame; the fps outputs are divided by it, so the duration stays the same."}),
             "max_frames": ("INT", {"default": 0, "min": 0, "max": 1_000_000,
                                    "tooltip": "Load at most this many frames; 0 = no limit."}),
-            "width": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip":
+            "width": ("INT", {"default": 0, "min": 0, "max": video_io.MAX_SIDE, "tooltip":
                               "Resize to this width; 0 keeps the width (or follows the aspect ratio if height is set)."}),
-            "height": ("INT", {"default": 0, "min": 0, "max": 16384, "tooltip":
+            "height": ("INT", {"default": 0, "min": 0, "max": video_io.MAX_SIDE, "tooltip":
                                "Resize to this height; 0 keeps the height (or follows the aspect ratio if width is set)."}),
         }}
 
@@ -77,6 +77,14 @@ class CVS_LoadVideo:
         if info.frame_count_exact and start_frame >= info.frame_count:
             raise NodeInputError(node, "start_frame", f"is {start_frame} but the video has {info.frame_count} frames",
                                  f"0..{info.frame_count - 1}")
+        for name, value in (("width", width), ("height", height)):
+            if not 0 <= value <= video_io.MAX_SIDE:
+                raise NodeInputError(node, name, f"is {value}", f"0 (keep) or a size up to {video_io.MAX_SIDE} pixels")
+        try:
+            video_io.output_size(info, (width, height))
+        except video_io.VideoError as exc:
+            raise NodeInputError(node, "width" if width else "height", str(exc),
+                                 "a smaller size, or 0 in both to keep the video's size") from None
         try:
             images, rate = video_io.load_frames(path, start_frame, None if end_frame == -1 else end_frame,
                                                 stride, max_frames, (width, height))
@@ -112,8 +120,8 @@ class CVS_LoadImage:
     def load(self, image):
         node = self.DISPLAY_NAME
         try:
-            path = video_io.resolve_input_path(image)
-            frames, _ = video_io.load_frames(path, max_frames=1, alpha=True)
+            path = video_io.resolve_input_path(image, kind="image")
+            frames, _ = video_io.load_frames(path, max_frames=1, alpha=True, kind="image")
         except video_io.VideoError as exc:
             raise NodeInputError(node, "image", str(exc)) from None
         return frames[..., :3].contiguous(), frames[..., 3].contiguous()

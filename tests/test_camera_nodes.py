@@ -98,3 +98,36 @@ def test_bad_input_names_node_and_input(tmp_path):
     counts = tmp_path / "counts.json"
     counts.write_text(json.dumps({"width": 8, "height": 8, "frames": [{"c2w": torch.eye(4).tolist()}]}))
     assert "neither 'K'" in bad(CVS_LoadCameras, "path", path=str(counts))
+
+
+def test_camera_input_with_nan_names_node_and_input():
+    """A CVS_CAMERA whose tensors were changed in place after the batch was made is checked again
+    where a node takes it, and the message names the node and the input."""
+    cams = CameraBatch.identity(3, 64, 64)
+    cams.c2w[1, 0, 3] = float("nan")
+    for cls, name, extra in ((CVS_CameraPreview, "cameras", {}), (CVS_SaveCameras, "cameras", {}),
+                             (CVS_NavigateCameras, "start_cameras", {}), (CVS_KeyframeCameras, "keyframe_cameras", {}),
+                             (CVS_ConcatCameras, "cameras_2", {"cameras_1": CameraBatch.identity(1, 64, 64)})):
+        message = bad(cls, name, **{name: cams}, **extra)
+        assert "NaN" in message and "camera 1" in message
+
+
+def test_camera_preview_declares_the_size_it_accepts():
+    cams = CameraBatch.identity(2, 64, 64)
+    for name in ("width", "height"):
+        assert CVS_CameraPreview.INPUT_TYPES()["required"][name][1]["min"] == 16
+        (image,) = run(CVS_CameraPreview, cameras=cams, **{name: 16})
+        assert image.shape[1 if name == "height" else 2] == 16
+        assert "is 15; expected at least 16" in bad(CVS_CameraPreview, name, cameras=cams, **{name: 15})
+
+
+def test_load_cameras_default_works_on_a_fresh_node():
+    """The default path is the bundled sample (found like the bundled video), so a node fresh from
+    the menu runs; an empty path says what to type."""
+    cams, count = run(CVS_LoadCameras)
+    assert count == 81 and (cams.width, cams.height) == (832, 480)
+    torch.testing.assert_close(cams.c2w[0], torch.eye(4))
+    assert cams.centers()[-1, 0] > 0.9  # an arc to the right
+    message = bad(CVS_LoadCameras, "path", path="  ")
+    assert "no camera file path was given" in message and "cvs_cameras.json" in message
+    assert "camera file 'nope.json' was not found" in bad(CVS_LoadCameras, "path", path="nope.json")

@@ -408,6 +408,15 @@ def test_cancel_stops_matting(handle):
         runtime.clear_interrupt()
 
 
+def test_cancel_inside_the_unet_call(handle, cancel_inside_network):
+    """Cancel pressed while the UNet runs its first down block stops the window there."""
+    unet = handle.modules["unet"]
+    calls = cancel_inside_network(unet.down_blocks[0], unet.up_blocks[-1])
+    with pytest.raises(runtime.Interrupted):
+        CVS_GVMMatte().matte(handle, torch.rand(12, 16, 16, 3), False, "#000000", **SMALL)
+    assert calls == {"first": 1, "last": 0}
+
+
 # ----------------------------------------------------------------------------- file to file
 FILE_ARGS = dict(max_frames=0, format="png-sequence", write_foreground=True, write_composite=True,
                  background_color="#000000", filename_prefix="gvm/test.clip", **SMALL)

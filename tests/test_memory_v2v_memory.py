@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from consistent_video.memory_v2v_nodes import retrieval as R
-from consistent_video.memory_v2v_nodes.bank import BankFileError, Turn, VideoMemoryBank
+from consistent_video.memory_v2v_nodes.bank import BankFileError, NonFiniteTurn, Turn, VideoMemoryBank
 from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov
 
 GRID = (90, 180)  # coarser than the default for speed; the geometry is the same
@@ -148,6 +148,24 @@ def test_bad_files_are_refused(tmp_path):
               metadata={"format": "consistent_video.video_memory", "version": "99", "turns": "[]"})
     with pytest.raises(BankFileError, match="version 99"):
         VideoMemoryBank.load(tmp_path / "future.safetensors")
+
+
+def test_non_finite_turns_are_never_stored():
+    """A NaN turn would poison every later turn that retrieves it (issue 13)."""
+    bank = VideoMemoryBank()
+    bank.add(turn(0))
+    nan_latent = turn(1)
+    nan_latent.latent[0, 1, 2, 3] = float("nan")
+    overflow = turn(2)
+    overflow.latent[3, 0, 0, 0] = 1e6  # finite in float32, inf as the float16 that is stored
+    nan_descriptor = turn(3)
+    nan_descriptor.descriptor[0] = float("inf")
+    for bad, what in ((nan_latent, r"latent \(as float16\) has 1 NaN"), (overflow, r"latent \(as float16\) has 1 NaN"),
+                      (nan_descriptor, "descriptor has 1 NaN")):
+        with pytest.raises(NonFiniteTurn, match=what + r" or infinite value\(s\); it was not stored"):
+            bank.add(bad)
+        assert len(bank) == 1  # unchanged (the nodes save only after a successful add)
+    assert torch.equal(bank.turns[0].latent, turn(0).latent.half())
 
 
 def test_turn_validation():

@@ -1,5 +1,7 @@
 """Memory-V2V turns on smoke weights: the sampler against a hand-written flow-matching loop,
 text and VAE conventions, three turns through the nodes, Cancel and bad input."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,8 @@ from consistent_video.memory_v2v_nodes import pipeline as P
 from consistent_video.memory_v2v_nodes import text as T
 from consistent_video.memory_v2v_nodes.bank import VideoMemoryBank
 from consistent_video.nodes import families, runtime, trajectories
+from consistent_video.nodes.camera_nodes import CVS_LoadCameras
+from consistent_video.nodes.cameras import CameraBatch
 from consistent_video.nodes.errors import NodeInputError
 
 FRAMES, W, H = 9, 64, 48
@@ -80,6 +84,99 @@ def test_camera_rows_take_every_fourth_frame():
         P.camera_rows(cams[:5], FRAMES)
 
 
+# ReCamMaster's camera_extrinsics.json: "frame<i>" -> {"cam<NN>": "[a b c d] [e f g h] [i j k l] [x y z 1] "},
+# Unreal Engine poses (x forward, y right, z up, centimetres) in the row-vector layout (the
+# file's matrix is the transpose of the column-vector camera-to-world), every camera starting
+# at the same pose in frame0, 81 frames.
+UE_START = np.array([3390.0, 1380.0, 240.0])
+
+
+def _ue_pose(yaw_deg, pitch_deg, move_cm):
+    """A column-vector UE camera-to-world: yaw about z, then pitch about y, moved from UE_START."""
+    a, b = np.radians(yaw_deg), np.radians(pitch_deg)
+    yaw = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    pitch = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    pose = np.eye(4)
+    pose[:3, :3] = yaw @ pitch
+    pose[:3, 3] = UE_START + np.asarray(move_cm)
+    return pose
+
+
+def write_recammaster_json(file, frames=81):
+    """cam01 arcs: turns 30 degrees left while moving 2 m right; cam02 tilts down 15 degrees
+    while moving 1.5 m forward and 0.5 m up."""
+    data = {}
+    for i in range(frames):
+        s = i / (frames - 1)
+        poses = {"cam01": _ue_pose(-30 * s, 0, [0, 200 * s, 0]), "cam02": _ue_pose(0, 15 * s, [150 * s, 0, 50 * s])}
+        data[f"frame{i}"] = {name: " ".join("[" + " ".join(f"{v:g}" for v in row) + "]" for row in pose.T) + " "
+                             for name, pose in poses.items()}
+    file.write_text(json.dumps(data, indent=4))
+    return file
+
+
+def recammaster_rows(file, camera, frames=81):
+    """The 12 numbers per latent frame that ReCamMaster's inference script feeds its DiT, by its
+    procedure: parse the matrix string, transpose, reorder the columns to (y, z, x, t), negate
+    column 1, centimetres to metres, then every 4th frame relative to frame 0 (inv(c2w_0) @ c2w_i),
+    the top three rows flattened row-major."""
+    data = json.loads(file.read_text())
+    c2ws = []
+    for i in range(0, frames, 4):
+        text = data[f"frame{i}"][camera].strip()
+        m = np.array([[float(v) for v in row.replace("[", "").replace("]", "").split()] for row in text.split("] [")])
+        c2w = m.T[:, [1, 2, 0, 3]]
+        c2w[:3, 1] *= -1.0
+        c2w[:3, 3] /= 100.0
+        c2ws.append(c2w)
+    rows = [(np.linalg.inv(c2ws[0]) @ c2w)[:3, :].reshape(12) for c2w in c2ws]
+    return torch.from_numpy(np.array(rows, dtype=np.float32))
+
+
+def test_camera_rows_of_a_recammaster_file_are_the_originals(tmp_path):
+    file = write_recammaster_json(tmp_path / "camera_extrinsics.json")
+    for camera in ("cam01", "cam02"):
+        cams, count = CVS_LoadCameras().load(str(file), "auto", 832, 480, 50.0, camera)
+        assert count == 81
+        want = recammaster_rows(file, camera)
+        assert want.shape == (21, 12)
+        rows = P.camera_rows(cams, 81)
+        torch.testing.assert_close(rows, want, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rows[0], torch.tensor([1.0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0]))
+        # the loaded batch keeps the file's world: fed as is, the translations would be off by ~34 m
+        absolute = cams.c2w[::4, :3, :4].reshape(21, 12)
+        assert (absolute - want).abs().max() > 30
+    # cam01 turns left (camera -x) and moves to its right (+x): ReCamMaster's OpenCV axes
+    last = recammaster_rows(file, "cam01")[-1].view(3, 4)
+    assert last[0, 3] > 1.9 and last[0, 2] < 0
+
+
+def test_every_video_gets_cameras_relative_to_the_target_start(handle, tmp_path, monkeypatch):
+    """Through the re-render node: the target rows are ReCamMaster's for the target camera, and a
+    retrieved turn's rows are its own path relative to the same first camera (here both paths
+    start at the user video's camera, so they equal what that turn was rendered with)."""
+    file = write_recammaster_json(tmp_path / "camera_extrinsics.json", FRAMES)  # the 81-frame layout, shortened
+    seen = []
+    sample = P.sample
+    monkeypatch.setattr(P, "sample", lambda model, user, rows, text, memory, *args, **kwargs: (
+        seen.append((rows, [m.cams for m in memory])), sample(model, user, rows, text, memory, *args, **kwargs))[1])
+    memory, _ = N.CVS_VideoMemory().open("recammaster", True)
+    source, _ = _encode(handle)
+    for turn, camera in enumerate(("cam01", "cam02")):
+        cams, _ = CVS_LoadCameras().load(str(file), "auto", W, H, 50.0, camera)
+        N.CVS_MemoryV2VRerender().rerender(handle, memory, source, cams, "", "", turn, 1, 5.0, 6, 0.0)
+    (first, none), (second, (memory_rows,)) = seen
+    assert none == [] and first.shape == (3, 12)
+    torch.testing.assert_close(first, recammaster_rows(file, "cam01", FRAMES), rtol=0, atol=1e-5)
+    torch.testing.assert_close(second, recammaster_rows(file, "cam02", FRAMES), rtol=0, atol=1e-5)
+    torch.testing.assert_close(memory_rows, recammaster_rows(file, "cam01", FRAMES), rtol=0, atol=1e-5)
+    # a path moved as a whole (another world) gives the same rows: only relative poses reach the DiT
+    cams, _ = CVS_LoadCameras().load(str(file), "auto", W, H, 50.0, "cam02")
+    shifted = CameraBatch(torch.tensor([[0.0, -1, 0, 5], [1, 0, 0, -2], [0, 0, 1, 7], [0, 0, 0, 1]]) @ cams.c2w,
+                          cams.K, W, H)
+    torch.testing.assert_close(P.camera_rows(shifted, FRAMES), second, rtol=0, atol=1e-5)
+
+
 def test_sampler_is_flow_matching_euler_with_guidance(handle):
     """``sample`` equals a hand-written loop: shifted sigmas, x += (s_next - s) * (u + cfg (c - u))."""
     model = handle.modules["transformer"]
@@ -124,10 +221,21 @@ def test_three_turns_remember_each_other(handle):
     assert infos[2].splitlines()[1].startswith("  turn 0:")
     summary, preview = N.CVS_VideoMemoryPreview().preview(memory, 6, path([("turn_left", 10)]))
     assert "3 turn(s)" in summary and "score 1.000" in summary and preview.shape[-1] == 3
-    # reset starts anew and keeps the three turns as three.previous
+    # reset starts anew when the next turn is stored, keeping the three turns as three.previous
+    three = memory.path.read_bytes()
+    previous = memory.path.with_name("three.previous.safetensors")
     memory, info = N.CVS_VideoMemory().open("three", True)
-    assert len(VideoMemoryBank.load(memory.path)) == 0
-    assert len(VideoMemoryBank.load(memory.path.with_name("three.previous.safetensors"))) == 3
+    assert info.startswith("0 turn(s)") and "kept as three.previous" in info
+    for _ in range(2):  # issue 13: failing runs with reset on must not move the memory away
+        with pytest.raises(NodeInputError, match="'cameras' has 5 cameras"):
+            N.CVS_MemoryV2VRerender().rerender(handle, memory, source, path([("turn_left", 10)], frames=5), "", "",
+                                               0, 1, 5.0, 6, 0.5)
+        assert memory.path.read_bytes() == three and not previous.exists()
+    assert N.CVS_VideoMemoryPreview().preview(memory, 6)[0].startswith("0 turn(s)")
+    _, _, after, text = N.CVS_MemoryV2VRerender().rerender(handle, memory, source, path([("turn_left", 10)]), "", "",
+                                                           0, 1, 5.0, 6, 0.5)
+    assert "retrieved 0 of 0" in text and after.reset is None
+    assert len(VideoMemoryBank.load(memory.path)) == 1 and previous.read_bytes() == three
 
 
 def test_cancelled_turn_adds_nothing(handle, cancel_on_call):
@@ -141,6 +249,43 @@ def test_cancelled_turn_adds_nothing(handle, cancel_on_call):
                                            0.5)
     assert len(calls) == 2 and memory.path.read_bytes() == before
     assert len(VideoMemoryBank.load(memory.path)) == 1
+
+
+def test_cancel_inside_the_first_transformer_call_adds_nothing(handle, cancel_inside_network):
+    """Cancel pressed while the first block of the first DiT call runs stops that very call (the
+    last block never runs), and the memory file is left as it was."""
+    memory, _ = N.CVS_VideoMemory().open("cancel_inside", True)
+    source, _ = _encode(handle)
+    N.CVS_MemoryV2VRerender().rerender(handle, memory, source, path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    before = memory.path.read_bytes()
+    blocks = handle.modules["transformer"].blocks
+    calls = cancel_inside_network(blocks[0].ffn, blocks[-1].ffn)  # the blocks' parts run as modules
+    with pytest.raises(runtime.Interrupted):
+        N.CVS_MemoryV2VRerender().rerender(handle, memory, source, path([("turn_right", 10)]), "", "", 1, 5, 5.0, 6,
+                                           0.5)
+    assert calls == {"first": 1, "last": 0} and memory.path.read_bytes() == before
+    assert len(VideoMemoryBank.load(memory.path)) == 1
+
+
+def test_non_finite_cfg_and_turns_never_reach_the_memory(handle, monkeypatch):
+    """Issue 13: cfg NaN passed ComfyUI's validation, wrote black frames and stored an all-NaN turn."""
+    memory, _ = N.CVS_VideoMemory().open("finite", False)
+    source, _ = _encode(handle)
+    rerender = N.CVS_MemoryV2VRerender().rerender
+    rerender(handle, memory, source, path([("turn_left", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    before = memory.path.read_bytes()
+    with pytest.raises(NodeInputError, match=r"^CVS Memory-V2V Re-render Turn: input 'cfg' is nan; expected a finite "
+                                             r"number between 0\.0 and 30\.0$"):
+        rerender(handle, memory, source, path([("turn_right", 10)]), "", "", 0, 1, float("nan"), 6, 0.5)
+    real = P.sample
+    monkeypatch.setattr(P, "sample", lambda *a, **k: torch.full_like(real(*a, **k), float("nan")))
+    with pytest.raises(NodeInputError, match=r"^CVS Memory-V2V Re-render Turn: input 'model' produced a turn with NaN "
+                                             r"or infinite values .*memory 'finite' is unchanged"):
+        rerender(handle, memory, source, path([("turn_right", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    assert memory.path.read_bytes() == before
+    monkeypatch.setattr(P, "sample", real)
+    video_out, _, _, _ = rerender(handle, memory, source, path([("turn_right", 10)]), "", "", 0, 1, 5.0, 6, 0.5)
+    assert torch.isfinite(video_out).all() and len(VideoMemoryBank.load(memory.path)) == 2
 
 
 def test_bad_input(handle):

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 import consistent_video
+from consistent_video.nodes.errors import NodeInputError
 from consistent_video.nodes.runner import load_workflow
 from consistent_video.nodes.workflow_format import input_specs, is_ui_format
 
@@ -53,6 +54,36 @@ def test_defaults_are_valid(node_id):
             assert spec.options.get("min", default) <= default <= spec.options.get("max", default), spec.name
         if spec.choices is not None:
             assert default in spec.choices, f"default of '{spec.name}' is not one of its choices"
+
+
+FLOAT_INPUTS = [(node_id, spec) for node_id in sorted(NODES) for spec in input_specs(NODES[node_id])
+                if spec.type == "FLOAT"]
+
+
+@pytest.mark.parametrize("node_id, spec", FLOAT_INPUTS, ids=[f"{n}.{s.name}" for n, s in FLOAT_INPUTS])
+def test_every_float_input_refuses_non_finite_numbers_before_any_work(node_id, spec, output_dir):
+    """ComfyUI's /prompt validation lets NaN through every min/max check (issue 13): every FLOAT
+    input of every node rejects NaN and +-inf, naming the node and the input, before anything runs."""
+    cls = NODES[node_id]
+    display = consistent_video.NODE_DISPLAY_NAME_MAPPINGS[node_id]
+    expected = f"a finite number between {spec.options['min']} and {spec.options['max']}"
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        # every other input is junk: the node body would fail on it, so the guard must come first
+        kwargs = {s.name: (s.options.get("default") if s.type == "FLOAT" else object()) for s in input_specs(cls)}
+        kwargs[spec.name] = bad
+        with pytest.raises(NodeInputError) as info:
+            getattr(cls(), cls.FUNCTION)(**kwargs)
+        assert str(info.value) == f"{display}: input '{spec.name}' is {bad}; expected {expected}"
+    assert not output_dir.exists() or not any(output_dir.rglob("*"))
+
+
+def test_the_float_guard_reads_positional_arguments_and_wraps_once():
+    from consistent_video.nodes.input_guard import guard_float_inputs
+    from consistent_video.vmem_nodes.nodes import CVS_SurfelMemory
+    function = CVS_SurfelMemory.open
+    assert guard_float_inputs(CVS_SurfelMemory, "again").open is function
+    with pytest.raises(NodeInputError, match=r"^CVS Surfel Memory: input 'radius_scale' is nan"):
+        CVS_SurfelMemory().open("walk", False, 8, 1.0, float("nan"), 0.6)
 
 
 def test_there_are_example_workflows():

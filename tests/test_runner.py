@@ -206,12 +206,14 @@ def test_widgets_map_in_order_skipping_control_values():
     assert prompt["3"]["inputs"] == {"value": ["2", 0]}
 
 
-def test_missing_control_value_is_tolerated():
+def test_missing_control_value_shifts_like_the_frontend():
+    """The frontend maps widgets_values by position, a seed taking two slots: a file
+    without the control value is read shifted (and then fails validation), not guessed."""
     workflow = chain(mid_widgets=(3, 2.0))
     workflow["nodes"][0]["widgets_values"] = [5, 42, "b", "hi"]
     prompt = load_workflow(workflow, NODES)
-    assert prompt["1"]["inputs"] == {"value": 5, "seed": 42, "mode": "b", "label": "hi"}
-    assert prompt["2"]["inputs"]["scale"] == 2.0
+    assert prompt["1"]["inputs"] == {"value": 5, "seed": 42, "mode": "hi"}
+    assert "scale" not in prompt["2"]["inputs"]  # 2.0 sits in b's control slot
 
 
 def test_linked_widget_takes_the_link_and_dict_links_are_read():
@@ -385,6 +387,19 @@ def test_literals_are_coerced_and_validate_inputs_is_used():
     prompt["1"]["inputs"]["value"] = "two"
     with pytest.raises(WorkflowError, match="input 'value' has value 'two', which is not a INT"):
         run_workflow(prompt, node_classes=NODES)
+
+
+@pytest.mark.parametrize("value", [float("nan"), "inf", float("-inf")])
+def test_non_finite_floats_are_refused_at_validation(value):
+    """NaN passes every min/max comparison, so ComfyUI's own checks let it through (issue 13)."""
+    prompt = {"1": {"class_type": "Source", "inputs": {"value": 1, "seed": 0, "mode": "a"}},
+              "2": {"class_type": "Add", "inputs": {"a": ["1", 0], "b": 0, "scale": value}},
+              "3": {"class_type": "Show", "inputs": {"value": ["2", 0]}}}
+    shown = float(value)
+    with pytest.raises(WorkflowError, match=rf"node #2 \(Add\): input 'scale' is {shown}; expected a finite number "
+                                            r"between 0\.0 and 4\.0"):
+        run_workflow(prompt, node_classes=NODES)
+    assert RAN == []
 
 
 def test_workflow_without_output_node_is_refused():

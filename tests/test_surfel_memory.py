@@ -288,6 +288,10 @@ def test_bad_input_is_refused_and_nothing_changes():
         (dict(pointmaps=maps, cameras=cams, images=images[:3], latents=latents), "images", r"\[4,H,W,3\]"),
         (dict(pointmaps=maps, cameras=cams, latents=latents), "images", "missing"),
         (dict(pointmaps=maps, cameras=cams, images=images, latents=latents.float()), "latents", "float16"),
+        (dict(pointmaps=maps, cameras=cams, images=images, latents=latents.index_fill(1, torch.tensor([2]), float("nan"))),
+         "latents", r"has 100 NaN or infinite value\(s\); expected finite latents"),
+        (dict(pointmaps=maps, cameras=cams, images=images, latents=latents.clone().fill_(float("inf"))),
+         "latents", "NaN or infinite"),
         (dict(pointmaps=maps, cameras=cams.with_size(80, 60), images=images, latents=latents), "cameras", "40x30"),
         (dict(pointmaps=maps.points, cameras=cams), "pointmaps", "a Pointmaps"),
     ]

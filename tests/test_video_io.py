@@ -339,7 +339,7 @@ def test_resolve_input_path(tmp_path):
     assert video_io.resolve_input_path("clip.mp4") == (runtime.input_dir() / "clip.mp4").resolve()
     assert video_io.resolve_input_path(str(tmp_path / "input" / "clip.mp4")).name == "clip.mp4"
     assert video_io.resolve_input_path(" 'cvs_sample.mp4' ") == video_io.ASSETS_DIR / "cvs_sample.mp4"
-    with pytest.raises(VideoError, match=r"'nope.mp4' was not found; searched: .*input.*assets"):
+    with pytest.raises(VideoError, match=r"'nope.mp4' was not found \(searched: .*input.*assets.*\); expected a file name"):
         video_io.resolve_input_path("nope.mp4")
     with pytest.raises(VideoError, match="no video path"):
         video_io.resolve_input_path("  ")

@@ -99,6 +99,45 @@ def test_load_rejects_a_text_file(tmp_path):
         CVS_LoadVideo().load(str(fake), 0, -1, 1, 0, 0, 0)
 
 
+def test_load_sizes_are_ones_ffmpeg_can_scale_to(tmp_path):
+    """16384 x 16384 used to reach FFmpeg ("Invalid argument returned 22"): the declared maximum is
+    now a size every width/height pair up to which FFmpeg scales, and a size that follows the
+    aspect ratio past FFmpeg's limit is refused naming the input."""
+    import av
+    import numpy as np
+    spec = CVS_LoadVideo.INPUT_TYPES()["required"]
+    assert spec["width"][1]["max"] == spec["height"][1]["max"] == video_io.MAX_SIDE
+    assert video_io.scalable(video_io.MAX_SIDE, video_io.MAX_SIDE) and not video_io.scalable(16384, 16384)
+    # the rule is FFmpeg's: just past it, its scaler refuses with EINVAL
+    frame = av.VideoFrame.from_ndarray(np.zeros((16, 16, 3), np.uint8), format="rgb24")
+    assert video_io.scalable(16, 1864007) and not video_io.scalable(16, 1864008)
+    with pytest.raises(av.error.ArgumentError):
+        frame.to_ndarray(format="gbrap", width=16, height=1864008)
+    args = {"video": "cvs_sample.mp4", "start_frame": 0, "end_frame": -1, "stride": 1, "max_frames": 1}
+    with pytest.raises(NodeInputError, match=r"^CVS Load Video: input 'width' is 16384; expected 0 \(keep\) or a "
+                                             r"size up to 8192 pixels"):
+        CVS_LoadVideo().load(**args, width=16384, height=16384)
+    tall = tmp_path / "tall"
+    with video_io.VideoWriter(tall, "24", "png-sequence", 2, 600) as writer:
+        writer.write(clip(1, 600, 2))
+    with pytest.raises(NodeInputError, match=r"^CVS Load Video: input 'width' resizing the 2x600 frames to "
+                                             r"8192x2457600 is more than FFmpeg can scale"):
+        CVS_LoadVideo().load(**(args | {"video": str(tall)}), width=8192, height=0)
+    images = CVS_LoadVideo().load(**args, width=0, height=64)[0]
+    assert images.shape == (1, 64, 114, 3)
+
+
+def test_load_image_errors_speak_of_an_image(tmp_path):
+    from consistent_video.nodes.video_nodes import CVS_LoadImage
+    fake = tmp_path / "fake.png"
+    fake.write_text("not a picture")
+    for name, text in (("missing.png", "image 'missing.png' was not found"), ("", "no image path was given"),
+                       (str(fake), ".*fake.png' is not an image or video FFmpeg can read")):
+        with pytest.raises(NodeInputError, match=f"^CVS Load Image: input 'image' {text}") as err:
+            CVS_LoadImage().load(name)
+        assert "video '" not in str(err.value) and "no video" not in str(err.value)
+
+
 def test_is_changed(tmp_path):
     path = tmp_path / "v.mp4"
     with video_io.VideoWriter(path, 24, "h264-mp4", 48, 32) as writer:

@@ -331,6 +331,27 @@ def test_image_without_alpha():
         node.prepare(torch.rand(1, 80, 100, 4), torch.ones(1, 80, 100), False, 256, 0.78125, 1.0)
 
 
+def test_prepare_background_outside_0_to_1_names_the_input():
+    image, alpha = object_image()
+    for value in (float("nan"), 1.5, -0.1):
+        with pytest.raises(NodeInputError, match="^CVS VideoMV Prepare Image: input 'background' is "):
+            N.CVS_VideoMVPrepareImage().prepare(image, alpha, False, RES, 0.8, value)
+
+
+def test_resolution_is_declared_in_steps_of_8_as_the_network_takes_it(t2v):
+    """VideoMV needs a multiple of 8 (the VAE); the UNet passes the skip sizes up for latents that do
+    not halve evenly, so 72 (9x9 latents) runs, and the widget steps by 8 like the check."""
+    for cls in (N.CVS_VideoMVTextToViews, N.CVS_VideoMVImageToViews):
+        options = cls.INPUT_TYPES()["required"]["resolution"][1]
+        assert options["step"] == P.LATENT_DOWNSCALE == 8 and options["min"] % 8 == 0
+        assert "multiple of 8" in options["tooltip"]
+    images, cams, latent = N.CVS_VideoMVTextToViews().generate(t2v, "a teapot", 0, 1, 9.0, 15.0, 2.0, 72,
+                                                               P.NEGATIVE_PROMPT)
+    assert images.shape == (24, 72, 72, 3) and latent["samples"].shape == (24, 4, 9, 9) and cams.width == 72
+    with pytest.raises(NodeInputError, match="'resolution'.*is 68; expected a positive multiple of 8"):
+        N.CVS_VideoMVTextToViews().generate(t2v, "a teapot", 0, 1, 9.0, 15.0, 2.0, 68, P.NEGATIVE_PROMPT)
+
+
 def test_wrong_model_and_batch(t2v, i2v):
     with pytest.raises(NodeInputError, match="'videomv_t2v' model .the text and image modes.*family 'videomv_i2v'"):
         N.CVS_VideoMVImageToViews().generate(t2v, torch.rand(1, RES, RES, 3), 0, 1, 6.0, 5.0, 1.7, RES,
@@ -349,3 +370,19 @@ def test_cancel_stops_sampling(t2v, cancel_on_call):
     with pytest.raises(runtime.Interrupted):
         N.CVS_VideoMVTextToViews().generate(t2v, "a chair", 0, 10, 9.0, 15.0, 2.0, RES, P.NEGATIVE_PROMPT)
     assert len(calls) == 2  # stopped at the step after the request, not at the end
+
+
+@pytest.mark.parametrize("mode", ["t2v", "i2v"])
+def test_cancel_inside_the_first_unet_call(mode, t2v, i2v, cancel_inside_network):
+    """Cancel pressed while the UNet runs its first down block stops that very call: no up
+    block runs (the answer comes within a block, not a whole sampling step)."""
+    handle = t2v if mode == "t2v" else i2v
+    unet = handle.modules["unet"]
+    calls = cancel_inside_network(unet.down_blocks[0], unet.up_blocks[-1])
+    with pytest.raises(runtime.Interrupted):
+        if mode == "t2v":
+            N.CVS_VideoMVTextToViews().generate(handle, "a chair", 0, 10, 9.0, 15.0, 2.0, RES, P.NEGATIVE_PROMPT)
+        else:
+            N.CVS_VideoMVImageToViews().generate(handle, torch.rand(1, RES, RES, 3), 0, 10, 6.0, 5.0, 1.7, RES,
+                                                 P.NEGATIVE_PROMPT)
+    assert calls == {"first": 1, "last": 0}

@@ -2,6 +2,7 @@
 computation with stock diffusers modules, strict loading of a partial refiner over the base, the
 node end to end, bad input and Cancel."""
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +46,15 @@ def test_longer_videos_take_the_nearest_refined_frame():
 def test_fewer_than_two_frames_is_refused():
     with pytest.raises(ValueError, match="at least 2"):
         model_frame_indices(1, 49)
+
+
+def test_docs_say_how_the_original_fails_on_short_videos():
+    """The original's reader raises decord's IndexError on fewer than 49 frames; it does not hang."""
+    from consistent_video.videoscene_nodes import fit
+    readme = (Path(fit.__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for text in (fit.__doc__, readme):
+        assert "IndexError" in text
+        assert "loops forever" not in text and "hangs on videos" not in text
 
 
 def test_pad_never_stretches_and_round_trips_exactly_at_scale_one():
@@ -218,3 +228,13 @@ def test_cancel_stops_the_pass(handle, cancel_on_call):
     with pytest.raises(runtime.Interrupted):
         N.CVS_VideoSceneRefine().refine(handle, clip(3), 459, 0, "pad", True)
     assert len(calls) == 1
+
+
+def test_cancel_inside_the_transformer_pass(handle, cancel_inside_network):
+    """Cancel pressed while the first transformer block runs stops the one pass there: the last
+    block never runs (the answer comes within a block, not after the whole pass)."""
+    blocks = handle.modules["transformer"].transformer_blocks
+    calls = cancel_inside_network(blocks[0], blocks[-1])
+    with pytest.raises(runtime.Interrupted):
+        N.CVS_VideoSceneRefine().refine(handle, clip(3), 459, 0, "pad", True)
+    assert calls == {"first": 1, "last": 0}

@@ -396,6 +396,25 @@ def test_cancelled_navigation_keeps_the_bank_file(handle, depth, monkeypatch):
     assert "9 frames in 3 steps" in _navigate(handle, depth, bank)[3]
 
 
+@pytest.mark.parametrize("node", ["navigate", "walk"])
+def test_cancel_inside_the_first_unet_call_keeps_the_bank_file(handle, depth, node, cancel_inside_network):
+    """Cancel pressed while the UNet runs its first block stops that very call (no later block
+    runs), not the step after it; the bank file stays as it was."""
+    bank = _bank(node)
+    _navigate(handle, depth, bank)
+    before = bank.path.read_bytes()
+    unet = handle.modules["unet"]
+    calls = cancel_inside_network(unet.input_blocks[0], unet.output_blocks[-1])
+    with pytest.raises(runtime.Interrupted):
+        if node == "navigate":
+            _navigate(handle, depth, bank)
+        else:
+            CVS_VMemWalk().walk(handle, depth, bank, actions="turn_left 20", poses_per_action=4, image=PICTURE,
+                                **KNOBS)
+    assert calls == {"first": 1, "last": 0}
+    assert bank.path.read_bytes() == before
+
+
 def test_walk_node_actions_and_planned_path(handle, depth):
     images, cams, _, info = CVS_VMemWalk().walk(handle, depth, _bank("actions"), actions="turn_left 20\nturn_right 20",
                                                 poses_per_action=4, image=PICTURE, **KNOBS)
@@ -432,6 +451,71 @@ def test_generation_nodes_reject_bad_input(handle, depth, weights):
                                     depth=torch.full((1, SIZE, SIZE), 2.0))
     with pytest.raises(NodeInputError, match="'memory'.*latents"):
         _navigate(handle, depth, other)
+
+
+def test_add_frames_continues_a_walk_with_the_frames_encoded(handle, depth):
+    """Issue 13: Add Frames asked for a 'latents' input it does not have when the memory was a walk's."""
+    bank = _bank("mixed")
+    _navigate(handle, depth, bank)  # the start and 4 views, each memorised with its latent
+    before = bank.path.read_bytes()
+    add = CVS_SurfelMemoryAddFrames().add
+    photo = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(5))
+    last = CVS_SurfelMemoryFrames().frames(bank, -1, 1)[1]
+    with pytest.raises(NodeInputError, match=r"^CVS Surfel Memory Add Frames: input 'model' and 'vae' are both "
+                                             r"unconnected, but memory 'mixed' stores a latent per frame"):
+        add(bank, photo, last, 0.5, depth_model=depth)
+    with pytest.raises(NodeInputError, match=r"Add Frames: input 'cameras' refer to 64x64 images; expected the "
+                                             r"memory's camera size 128x128"):
+        add(bank, photo[:, :64, :64], last.with_size(64, 64), 0.5, depth_model=depth, model=handle)
+    with pytest.raises(NodeInputError, match=r"Add Frames: input 'model' got a 'depth_anything_v2' model"):
+        add(bank, photo, last, 0.5, depth_model=depth, model=depth)
+    assert bank.path.read_bytes() == before
+    bank, report = add(bank, photo, last, 0.5, depth_model=depth, model=handle)
+    assert "added frames 5..5 (1) with their latents" in report
+    stored = SurfelMemory.load(bank.path)
+    assert torch.equal(stored.latents(torch.tensor([5])), DiffusersVAECodec(handle.modules["vae"]).encode(photo))
+    info = _navigate(handle, depth, bank, image=None)[3]  # the walk goes on, with the added frame in memory
+    assert "10 frames in 4 steps" in info
+
+
+def test_frames_added_with_the_model_start_a_walk(handle, depth):
+    bank = _bank("photos")
+    photo = torch.rand(1, SIZE, SIZE, 3, generator=torch.Generator().manual_seed(6))
+    _, report = CVS_SurfelMemoryAddFrames().add(bank, photo, CameraBatch.identity(1, SIZE, SIZE), 0.5,
+                                                 depth_model=depth, model=handle)
+    assert "with their latents" in report and SurfelMemory.load(bank.path).stores_latents  # a walk can start here
+
+
+def test_non_finite_generation_is_never_memorised(handle, depth, monkeypatch):
+    bank = _bank("finite")
+    before = bank.path.read_bytes()
+    with pytest.raises(NodeInputError, match=r"^CVS VMem Navigate: input 'cfg' is nan; expected a finite number "
+                                             r"between 0\.1 and 30\.0$"):
+        _navigate(handle, depth, bank, cfg=float("nan"))
+    real = navigation_module.sample_latents
+    monkeypatch.setattr(navigation_module, "sample_latents",
+                        lambda *args, **kwargs: torch.full_like(real(*args, **kwargs), float("nan")))
+    with pytest.raises(NodeInputError, match=r"^CVS VMem Navigate: input 'model' generated NaN or infinite latents"):
+        _navigate(handle, depth, bank)  # the start is memorised only with the first step's views
+    assert bank.path.read_bytes() == before
+
+
+def test_navigate_names_the_input_of_a_non_finite_camera(handle, depth):
+    """A NaN angle (FLOAT) or a camera batch holding NaN is refused naming the node and the input,
+    before the walk is touched (not 'camera c2w has NaN' from deep inside)."""
+    bank = _bank("nan")
+    with pytest.raises(NodeInputError, match="^CVS VMem Navigate: input 'angle' is nan"):
+        CVS_VMemNavigate().navigate(handle, depth, bank, action="turn_left", angle=float("nan"), distance=0.25,
+                                    poses_per_action=4, image=PICTURE, **KNOBS)
+    targets = navigate([("turn_left", 10)], 4, width=SIZE, height=SIZE)
+    targets.c2w[2, 1, 3] = float("nan")
+    with pytest.raises(NodeInputError, match=r"^CVS VMem Navigate: input 'cameras' is not a valid camera batch: "
+                                             r"camera c2w has NaN or infinite values \(camera 2\)"):
+        _navigate(handle, depth, bank, cameras=targets)
+    with pytest.raises(NodeInputError, match="^CVS VMem Walk: input 'path' is not a valid camera batch"):
+        CVS_VMemWalk().walk(handle, depth, bank, actions="", poses_per_action=4, image=PICTURE, path=targets, **KNOBS)
+    with pytest.raises(NodeInputError, match="holds no frames"):  # nothing was stored
+        CVS_SurfelMemoryFrames().frames(bank, 0, 0)
 
 
 def test_missing_weights_error_names_every_file_and_source(tmp_path, monkeypatch):

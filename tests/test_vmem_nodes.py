@@ -137,11 +137,15 @@ def test_same_name_continues_and_reset_starts_anew():
     _, info = create(grid_size=12)
     assert "keeps the settings" in info
     fresh, info = create(reset=True)
-    assert "new and empty" in info and memory_module.SurfelMemory.load(fresh.path).num_frames == 0
+    assert "new and empty" in info and memory_module.SurfelMemory.load(fresh.path).num_frames == 3  # not yet applied
     _, info = vm.CVS_SurfelMemoryPreview().preview(fresh, "top", 32, 32, 0.0, 10)
-    assert "0 frames" in info  # the nodes follow the file, not what they read before
+    assert "0 frames" in info  # the reset memory is empty for every node
     previous = fresh.path.with_name("walk.previous.safetensors")
+    assert not previous.exists()
+    after, report = add(fresh, [4.0])  # the first store applies the reset
+    assert "added frames 0..0" in report and after.reset is None
     assert memory_module.SurfelMemory.load(previous).num_frames == 3
+    assert memory_module.SurfelMemory.load(fresh.path).num_frames == 1
 
 
 def test_empty_memory_preview_and_corrupt_file():
@@ -154,7 +158,9 @@ def test_empty_memory_preview_and_corrupt_file():
     with pytest.raises(NodeInputError, match=r"CVS Surfel Memory: input 'name' refers to a memory that cannot"):
         create()
     fresh, _ = create(reset=True)
-    assert memory_module.SurfelMemory.load(fresh.path).num_frames == 0
+    add(fresh, [0.0])  # applies the reset: the unreadable file is kept as walk.previous
+    assert memory_module.SurfelMemory.load(fresh.path).num_frames == 1
+    assert fresh.path.with_name("walk.previous.safetensors").read_bytes() == b"not a memory"
 
 
 def test_bad_name_and_bad_memory_input():
@@ -218,3 +224,94 @@ def test_add_with_the_depth_model(depth_weights):
     assert "added frames 2..2" in report
     with pytest.raises(NodeInputError, match=r"input 'depth_model'"):
         add(bank, [1.0], depth=None, depth_model="not a model")
+
+
+# --------------------------------------------------------------------------- reset and undo keep the walk
+def previous_of(bank):
+    return bank.path.with_name(f"{bank.name}.previous.safetensors")
+
+
+def test_reset_applies_only_when_a_store_succeeds():
+    """Issue 13: 'reset' with a prompt that fails downstream, queued twice, lost the walk."""
+    bank, _ = create()
+    add(bank, [0.0, 0.5])
+    add(bank, [1.0])
+    walk = bank.path.read_bytes()
+    for _ in range(2):  # two failing queue runs with reset on
+        fresh, _ = create(reset=True)
+        with pytest.raises(NodeInputError, match=r"Add Frames: input 'depth' has NaN"):
+            add(fresh, [2.0], depth=torch.full((1, H, W), float("nan")))
+        assert bank.path.read_bytes() == walk and not previous_of(bank).exists()
+        assert vm.CVS_SurfelMemoryFrames().frames(bank, 0, 0)[2] == 3  # the walk is all there
+    fresh, _ = create(reset=True, grid_size=6)
+    first, _ = add(fresh, [5.0])
+    second, report = add(fresh, [5.5])  # a second store of the same run continues the new memory
+    assert "added frames 1..1" in report and first == second == bank
+    assert previous_of(bank).read_bytes() == walk
+    memory = memory_module.SurfelMemory.load(bank.path)
+    assert memory.num_frames == 2 and memory.surfel_settings.grid_size == 6
+
+
+def test_an_empty_memory_never_replaces_the_backup():
+    bank, _ = create()
+    add(bank, [0.0])
+    fresh, _ = create(reset=True)
+    add(fresh, [1.0])
+    vm.CVS_SurfelMemoryUndo().undo(bank, 1)  # now empty; the undone step is the backup
+    backup = previous_of(bank).read_bytes()
+    assert memory_module.SurfelMemory.load(previous_of(bank)).num_frames == 1
+    fresh, _ = create(reset=True)
+    add(fresh, [2.0])  # the reset replaces an empty memory: nothing to keep
+    assert previous_of(bank).read_bytes() == backup
+
+
+def test_a_failed_save_while_applying_a_reset_keeps_both_files(monkeypatch):
+    bank, _ = create()
+    add(bank, [0.0])
+    fresh, _ = create(reset=True)
+    add(fresh, [1.0])
+    walk, backup = bank.path.read_bytes(), previous_of(bank).read_bytes()
+    fresh, _ = create(reset=True)
+
+    def crash(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt  # Cancel / Ctrl-C mid-write
+
+    monkeypatch.setattr(memory_module, "_serialise", crash)
+    with pytest.raises(KeyboardInterrupt):
+        add(fresh, [2.0])
+    assert bank.path.read_bytes() == walk and previous_of(bank).read_bytes() == backup
+    assert sorted(p.name for p in bank.path.parent.iterdir()) == ["walk.previous.safetensors", "walk.safetensors"]
+
+
+def test_undo_refuses_more_steps_than_stored_and_keeps_what_it_removed():
+    """Issue 13: Undo with steps 10000 silently emptied the walk, with no backup."""
+    bank, _ = create()
+    add(bank, [0.0, 0.5])
+    add(bank, [1.0])
+    walk = bank.path.read_bytes()
+    with pytest.raises(NodeInputError, match=r"^CVS Surfel Memory Undo: input 'steps' is 10000, but memory 'walk' "
+                                             r"holds 2 step\(s\); expected 1\.\.2$"):
+        vm.CVS_SurfelMemoryUndo().undo(bank, 10000)
+    assert bank.path.read_bytes() == walk and not previous_of(bank).exists()
+    bank, report = vm.CVS_SurfelMemoryUndo().undo(bank, 2)
+    assert "removed 3 frame(s) in 2 step(s)" in report and "walk.previous" in report
+    assert memory_module.SurfelMemory.load(bank.path).num_frames == 0
+    assert previous_of(bank).read_bytes() == walk  # recoverable: copy it back over walk.safetensors
+    empty = bank.path.read_bytes()
+    with pytest.raises(NodeInputError, match=r"input 'steps' is 1, but memory 'walk' holds 0 step\(s\); expected a "
+                                             r"memory with steps to undo"):
+        vm.CVS_SurfelMemoryUndo().undo(bank, 1)
+    assert bank.path.read_bytes() == empty and previous_of(bank).read_bytes() == walk
+
+
+def test_add_frames_without_the_walks_vae_names_the_inputs(monkeypatch):
+    """A memory that stores latents (a VMem walk) needs the model or VAE to encode new frames."""
+    bank, _ = create()
+    monkeypatch.setattr(memory_module.SurfelMemory, "stores_latents", property(lambda self: True))
+    before = bank.path.read_bytes()
+    with pytest.raises(NodeInputError, match=r"^CVS Surfel Memory Add Frames: input 'model' and 'vae' are both "
+                                             r"unconnected, but memory 'walk' stores a latent per frame"):
+        add(bank, [0.0])
+    assert bank.path.read_bytes() == before

@@ -16,8 +16,8 @@ from ..nodes.errors import NodeInputError, check_image, check_mask
 from ..nodes.families import ModelHandle, check_model
 from ..nodes.vae import SD_SCALING_FACTOR, DiffusersVAECodec
 from .family import FAMILIES, I2V, T2V
-from .pipeline import NEGATIVE_PROMPT, ViewSettings, generate, i2v_conditioning, orbit_cameras, square_image, \
-    t2v_conditioning
+from .pipeline import LATENT_DOWNSCALE, NEGATIVE_PROMPT, ViewSettings, generate, i2v_conditioning, orbit_cameras, \
+    square_image, t2v_conditioning
 from .prepare import prepare_object
 from .schedules import I2V as I2V_DEFAULTS, NUM_STEPS, NUM_VIEWS, RESOLUTION, T2V as T2V_DEFAULTS
 
@@ -97,8 +97,9 @@ def _shared_inputs(defaults) -> dict:
         "distance": ("FLOAT", {"default": defaults.distance, "min": 0.1, "max": 100.0, "step": 0.01, "tooltip":
                      f"Orbit radius (VideoMV: {defaults.distance:g}, the value it was trained with); ignored when "
                      "'cameras' is connected."}),
-        "resolution": ("INT", {"default": RESOLUTION, "min": 64, "max": 1024, "step": 64, "tooltip":
-                       "Square view size in pixels (VideoMV: 256, its trained size; others degrade)."}),
+        "resolution": ("INT", {"default": RESOLUTION, "min": 64, "max": 1024, "step": LATENT_DOWNSCALE, "tooltip":
+                       f"Square view size in pixels, a multiple of {LATENT_DOWNSCALE} (the VAE's stride; VideoMV: "
+                       "256, its trained size; others degrade)."}),
         "negative_prompt": ("STRING", {"default": NEGATIVE_PROMPT, "multiline": True, "tooltip":
                             "Text of the unconditional branch (VideoMV's fixed negative prompt)."}),
     }
@@ -195,6 +196,8 @@ class CVS_VideoMVPrepareImage:
                                  "first)")
         if not 0.0 < object_fraction <= 1.0:
             raise NodeInputError(node, "object_fraction", f"is {object_fraction}", "a fraction in (0, 1]")
+        if not 0.0 <= background <= 1.0:
+            raise NodeInputError(node, "background", f"is {background}", "a grey level from 0 (black) to 1 (white)")
         object_size = max(1, round(object_fraction * size))
         alpha = mask[0].float()
         alpha = 1.0 - alpha if invert_mask else alpha

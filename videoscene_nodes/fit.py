@@ -2,8 +2,9 @@
 
 The released transformer has a learned positional table for one size (480x720, 49 frames), so
 every input is resampled to it and the output is mapped back to the input's frame count and
-size. The original forces a 720x480 resize (a square render is stretched) and loops forever on
-videos shorter than 49 frames; here:
+size. The original forces a 720x480 resize (a square render is stretched) and fails on videos
+shorter than 49 frames: its reader asks decord for frames 0..48 and gets an ``IndexError``
+("Out of bound indices"); here:
 
 - **Time**: model frame ``k`` shows input frame ``round(k (N-1) / (M-1))`` (N input frames, M
   model frames, N >= 2); output frame ``j`` is model frame ``round(j (M-1) / (N-1))``. For

@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..nodes.cameras import CameraBatch
-from ..nodes.tensor_files import read_versioned, write_atomic
+from ..nodes.tensor_files import read_versioned, read_versioned_metadata, write_atomic
 from .pointmaps import Pointmaps
 from .retrieval import Retrieval, RetrievalSettings, SurfelRender, render_surfels, retrieve
 from .surfel_index import MergeSettings, Rows, SurfelIndex
@@ -104,6 +104,11 @@ class SurfelMemory:
         return len(self._steps)
 
     @property
+    def stores_latents(self) -> bool:
+        """Whether every frame has a stored latent (a VMem walk's memory); every later step must bring them."""
+        return bool(self._latents)
+
+    @property
     def merge_distance(self) -> Optional[float]:
         return self._index.merge_distance
 
@@ -174,6 +179,9 @@ class SurfelMemory:
                 raise SurfelInputError("latents", f"is {got}", want)
             if self.num_frames and not self._latents:
                 raise SurfelInputError("latents", "were given", "none: this memory was started without latents")
+            if not torch.isfinite(latents).all():  # a NaN latent would poison every step that retrieves it
+                raise SurfelInputError("latents", f"has {int((~torch.isfinite(latents)).sum())} NaN or infinite "
+                                       "value(s)", f"finite latents {want}")
 
     def add_frames(self, pointmaps: Pointmaps, cameras: CameraBatch, images: Optional[torch.Tensor] = None,
                    latents: Optional[torch.Tensor] = None) -> StepReport:
@@ -290,6 +298,17 @@ class SurfelMemory:
             raise MemoryFileError(f"{path} is an inconsistent surfel memory file "
                                   f"({type(exc).__name__}: {exc})") from None
         return memory
+
+    @staticmethod
+    def stored_steps(path: Union[str, Path]) -> int:
+        """How many steps the file at ``path`` (written by :meth:`save`) holds, read from its
+        header alone. Raises :class:`MemoryFileError` if it is unreadable."""
+        metadata = read_versioned_metadata(path, FORMAT, FORMAT_VERSION, "surfel memory file", MemoryFileError)
+        try:
+            return len(json.loads(metadata["state"])["steps"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MemoryFileError(f"{path} is an inconsistent surfel memory file ({type(exc).__name__}: {exc})") \
+                from None
 
     def _restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
         """Fill an empty memory from saved tensors and state, checking their consistency."""

@@ -16,12 +16,11 @@ from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_
 from ..nodes.clip import ComfyCLIPVisionEmbedder, TransformersCLIPEmbedder
 from ..nodes.errors import NodeInputError, check_image
 from ..nodes.families import ModelHandle, check_model
-from ..nodes.vae import ComfyVAECodec, DiffusersVAECodec
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .family import FAMILIES
 from .navigation import FIT_MODES, NavigationSettings, Navigator, crop_region, fit_square, square_cameras
 from ..nodes.state_files import always_rerun
-from .nodes import CATEGORY, MEMORY_TYPE, _changing, _check_bank, _summary
+from .nodes import CATEGORY, MEMORY_TYPE, _changing, _check_bank, _save, _summary, latent_codec
 from .pipeline import GenerationError, GenerationSettings
 from .pointmaps import DepthModelProvider
 from .retrieval import RetrievalSettings
@@ -91,19 +90,8 @@ def _prepare(node: str, model, depth_model, vae, clip_vision, steps, cfg, cfg_mi
         settings.validate()
     except (GenerationError, SurfelInputError) as exc:
         raise NodeInputError(node, exc.argument, exc.problem, exc.expected) from None
-    modules = [handle.modules["unet"]]
-    if vae is not None:
-        try:
-            codec = ComfyVAECodec(vae)
-        except (ValueError, AttributeError) as exc:
-            raise NodeInputError(node, "vae", str(exc), "ComfyUI's SD 2.1 VAE (4 latent channels, 8x)") from None
-    elif "vae" in handle.modules:
-        codec = DiffusersVAECodec(handle.modules["vae"])
-        modules.append(handle.modules["vae"])
-    else:
-        raise NodeInputError(node, "vae", f"is not connected and {handle.source} has no vae/ folder",
-                             "a VAE input (SD 2.1, 'Load VAE') or vae/config.json + "
-                             "vae/diffusion_pytorch_model.safetensors in the model folder")
+    codec, vae_modules = latent_codec(node, handle, vae)
+    modules = [handle.modules["unet"], *vae_modules]
     if clip_vision is not None:
         try:
             embedder = ComfyCLIPVisionEmbedder(clip_vision, expected_dim=handle.modules["unet"].params.context_dim)
@@ -294,9 +282,10 @@ def _run(node, bank, model, depth_model, vae, clip_vision, image, resolution, fi
                 moving = planned is None and trajectories.ACTIONS[actions[number][0]][0] == "forward"
                 results.append(navigator.step(store, targets, moves if moving else None))
         except (GenerationError, SurfelInputError) as exc:
-            raise NodeInputError(node, exc.argument, exc.problem, exc.expected) from None
+            name = {"latents": "vae" if vae is not None else "model"}.get(exc.argument, exc.argument)
+            raise NodeInputError(node, name, exc.problem, exc.expected) from None
         bar.update(0)  # the last Cancel point: after it the file is replaced
-        store.save(bank.path)
+        bank = _save(bank, store)
     images = crop_region(torch.cat([r.images for r in results]), region) if results else \
         torch.zeros(0, resolution, resolution, 3)
     out_cams = (CameraBatch.cat([r.cameras for r in results]) if results

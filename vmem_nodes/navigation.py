@@ -191,6 +191,9 @@ class Navigator:
         latents = sample_latents(self.unet, conditioning, settings.generation, settings.seed + memory.num_frames,
                                  self.device, self.dtype, on_step=lambda i: self.progress(1))
         new_latents = latents[k:k + n].contiguous()
+        if not torch.isfinite(new_latents).all():  # never memorised: every later step would retrieve them
+            raise GenerationError("model", "generated NaN or infinite latents",
+                                  "finite latents (check the weights and the guidance; the memory is unchanged)")
         images = self.codec.decode(new_latents).float().cpu()
         self.progress(1)
         pointmaps = self.provider(images, targets, memory)

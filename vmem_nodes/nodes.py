@@ -8,7 +8,8 @@ memory changes its in-process copy of the file (read again whenever the file cha
 saves atomically only after everything succeeded; a failed or cancelled run leaves the file
 exactly as it was and drops the changed copy. Every node re-runs
 on every queue (the file is the state), so chain the memory output from node to node to
-fix their order.
+fix their order. A reset is applied by the first node that stores into the memory
+(:mod:`..nodes.state_files`); until then the file is untouched and readers see it empty.
 """
 from __future__ import annotations
 
@@ -24,9 +25,12 @@ import torch
 from ..nodes import camera_preview, runtime
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, unproject
 from ..nodes.errors import NodeInputError, check_image, check_mask, describe
-from ..nodes.families import check_model
-from ..nodes.state_files import EXTENSION, always_rerun, check_name, keep_previous, state_path
+from ..nodes.families import ModelHandle, check_model
+from ..nodes.state_files import (EXTENSION, PendingReset, always_rerun, ask_reset, check_name, identity, resetting,
+                                 save_memory, state_path)
+from ..nodes.vae import ComfyVAECodec, DiffusersVAECodec, LatentCodec
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
+from .family import FAMILIES
 from .memory import MemoryFileError, SurfelMemory
 from .pointmaps import DepthModelProvider, Pointmaps
 from .retrieval import RetrievalSettings
@@ -43,10 +47,17 @@ DEPTH_CHUNK = 4  # frames per depth-model batch
 
 @dataclass(frozen=True)
 class MemoryBank:
-    """A named surfel memory on disk (what ``CVS_SURFEL_MEMORY`` carries between nodes)."""
+    """A named surfel memory on disk (what ``CVS_SURFEL_MEMORY`` carries between nodes).
+
+    ``reset``: a reset asked for by 'CVS Surfel Memory' and not applied yet; while it holds,
+    nodes read an empty memory with ``settings`` (surfel, merge) and the first node that
+    stores applies it (:func:`_save`).
+    """
 
     name: str
     path: Path
+    reset: Optional[PendingReset] = None
+    settings: Optional[tuple[SurfelSettings, MergeSettings]] = None
 
     def __repr__(self) -> str:
         return f"<CVS surfel memory '{self.name}' at {self.path}>"
@@ -70,26 +81,21 @@ def _check_bank(node: str, value) -> MemoryBank:
 _CACHE: dict[Path, tuple[tuple, SurfelMemory]] = {}
 
 
-def _identity(path: Path) -> Optional[tuple]:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size  # each atomic save makes a new inode
-
-
 def _read(path: Path) -> SurfelMemory:
     """The memory as the file at ``path`` holds it (:class:`MemoryFileError` if unreadable)."""
-    identity = _identity(path)
+    current = identity(path)
     cached = _CACHE.get(path)
-    if identity is not None and cached is not None and cached[0] == identity:
+    if current is not None and cached is not None and cached[0] == current:
         return cached[1]
     memory = SurfelMemory.load(path)
-    _CACHE[path] = (identity, memory)
+    _CACHE[path] = (current, memory)
     return memory
 
 
 def _load(node: str, bank: MemoryBank) -> SurfelMemory:
+    """The bank's memory: a new empty one while a reset holds, else the file's."""
+    if resetting(bank.reset, bank.path):
+        return SurfelMemory(*bank.settings)
     try:
         return _read(bank.path)
     except MemoryFileError as exc:
@@ -108,7 +114,21 @@ def _changing(node: str, bank: MemoryBank):
     except BaseException:
         _CACHE.pop(bank.path, None)
         raise
-    _CACHE[bank.path] = (_identity(bank.path), memory)
+    if not resetting(bank.reset, bank.path):  # else the new memory was not stored: the file stays the truth
+        _CACHE[bank.path] = (identity(bank.path), memory)
+
+
+def _holds_nothing(path: Path) -> bool:
+    """Whether the file at ``path`` holds no step (its header only: the cached memory may be changed)."""
+    return SurfelMemory.stored_steps(path) == 0
+
+
+def _save(bank: MemoryBank, memory: SurfelMemory, keep_old: bool = False) -> MemoryBank:
+    """Save ``memory`` as the bank's file; with ``keep_old``, or when the bank's reset holds
+    (which this applies), the file it replaces is kept as ``<name>.previous`` unless it held
+    nothing. Returns the bank without its reset, for the nodes after this one."""
+    save_memory(bank.path, memory.save, keep_old=keep_old or resetting(bank.reset, bank.path), empty=_holds_nothing)
+    return MemoryBank(bank.name, bank.path)
 
 
 def _input_error(node: str, exc: SurfelInputError, names: dict[str, str]) -> NodeInputError:
@@ -130,7 +150,9 @@ class CVS_SurfelMemory:
     DESCRIPTION = ("Creates or continues a named VMem surfel memory: the views of a walk anchored to the surface "
                    "elements (surfels) they saw. It lives in output/cvs_memory/<name>.safetensors, so every queue "
                    "run continues the same walk and a restart loses nothing. Surfel settings are fixed when the "
-                   "memory is created; 'reset' starts it anew (the old file is kept as <name>.previous).")
+                   "memory is created. 'reset' starts it anew when the next node stores into it (a Navigate step, "
+                   "Add Frames): only then is the old file kept as <name>.previous and replaced, so a run that "
+                   "fails first loses nothing, and an empty memory never replaces that backup.")
     RETURN_TYPES = (MEMORY_TYPE, "STRING")
     RETURN_NAMES = ("memory", "info")
     OUTPUT_TOOLTIPS = ("The named memory; chain it through the memory nodes in the order they should run.",
@@ -143,9 +165,10 @@ class CVS_SurfelMemory:
         return {"required": {
             "name": ("STRING", {"default": "walk", "tooltip": "Name of the memory (letters, digits, '_', '-', '.'). "
                                                               "Same name = same memory across runs and restarts."}),
-            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory, replacing the stored one "
-                                  "(kept as <name>.previous). Turn it off again after one run: the node runs on "
-                                  "every queue."}),
+            "reset": ("BOOLEAN", {"default": False, "tooltip": "Start an empty memory (with these settings). "
+                                  "Nothing changes until a node stores into it; then the stored one is kept as "
+                                  "<name>.previous. Turn it off again after one run: the node runs on every "
+                                  "queue."}),
             "grid_size": ("INT", {"default": _S.grid_size, "min": 2, "max": 512, "tooltip":
                           "Surfels per frame on the longer image side (VMem: 25, about 475 per frame)."}),
             "max_depth_quantile": ("FLOAT", {"default": _S.max_depth_quantile, "min": 0.001, "max": 1.0,
@@ -170,7 +193,11 @@ class CVS_SurfelMemory:
         except SurfelInputError as exc:
             raise _input_error(node, exc, {}) from None
         bank = MemoryBank(name, bank_path(name))
-        if bank.path.is_file() and not reset:
+        if bank.path.is_file() and reset:
+            return (MemoryBank(name, bank.path, ask_reset(bank.path), (surfel, merge)),
+                    f"memory '{name}': reset, new and empty; the stored memory is kept as {name}.previous and "
+                    "replaced when a node stores into this one (until then the file is unchanged)")
+        if bank.path.is_file():
             try:
                 memory = _read(bank.path)
             except MemoryFileError as exc:
@@ -182,12 +209,29 @@ class CVS_SurfelMemory:
                 info += "; it keeps the settings it was created with (turn on 'reset' to apply new ones)"
                 log.warning("%s: %s", node, info)
             return bank, info
-        keep_previous(bank.path)
         SurfelMemory(surfel, merge).save(bank.path)
         return bank, f"memory '{name}': new and empty ({bank.path})"
 
 
 # --------------------------------------------------------------------------- add frames
+def latent_codec(node: str, handle: Optional[ModelHandle], vae) -> tuple[LatentCodec, list[torch.nn.Module]]:
+    """The SD 2.1 autoencoder of a VMem walk (images ``[N,H,W,3]`` 0..1 <-> latents
+    ``[N,4,H/8,W/8]``): ComfyUI's ``vae`` (input 'vae') when connected, else the ``vae/`` of
+    the VMem/SEVA model ``handle`` (input 'model'). Returns it with the networks to load on
+    the model's device (none for ComfyUI's VAE, which ComfyUI places itself)."""
+    if vae is not None:
+        try:
+            return ComfyVAECodec(vae), []
+        except (ValueError, AttributeError) as exc:
+            raise NodeInputError(node, "vae", str(exc), "ComfyUI's SD 2.1 VAE (4 latent channels, 8x)") from None
+    if handle is not None and "vae" in handle.modules:
+        return DiffusersVAECodec(handle.modules["vae"]), [handle.modules["vae"]]
+    problem = f"is not connected and {handle.source} has no vae/ folder" if handle is not None else \
+        "and 'model' are both unconnected"
+    raise NodeInputError(node, "vae", problem, "a VAE input (SD 2.1, 'Load VAE') or vae/config.json + "
+                         "vae/diffusion_pytorch_model.safetensors in the model folder")
+
+
 def _pointmaps_from_depth(depth: torch.Tensor, confidence: torch.Tensor, cameras: CameraBatch) -> Pointmaps:
     """Pointmaps of z-depth maps ``[N,H,W]`` (0 = no geometry) seen by ``cameras``."""
     valid = depth > 0
@@ -200,8 +244,10 @@ class CVS_SurfelMemoryAddFrames:
     CATEGORY = CATEGORY
     DESCRIPTION = ("Memorises frames (one step) in a surfel memory: their geometry comes from a depth map per frame "
                    "or from a Depth Anything V2 model (scaled to what the memory already holds), their cameras place "
-                   "it in the world, and the images are stored for retrieval. The memory file is saved only when "
-                   "everything succeeded; a failed or cancelled run leaves it unchanged. Runs on every queue.")
+                   "it in the world, and the images are stored for retrieval. A VMem walk's memory also stores each "
+                   "frame's latent: connect the walk's model (or its VAE) and the frames are encoded, so the walk "
+                   "continues with them (they must have the walk's square size). The memory file is saved only "
+                   "when everything succeeded; a failed or cancelled run leaves it unchanged. Runs on every queue.")
     RETURN_TYPES = (MEMORY_TYPE, "STRING")
     RETURN_NAMES = ("memory", "report")
     OUTPUT_TOOLTIPS = ("The memory, with the frames added and saved.", "Frames and surfels added.")
@@ -228,10 +274,16 @@ class CVS_SurfelMemoryAddFrames:
                 "depth_model": ("CVS_MODEL", {"tooltip": "A Depth Anything V2 model from 'CVS Model Loader' (family "
                                               "depth_anything_v2), used when no depth is connected."}),
                 "confidence": ("MASK", {"tooltip": "Optional per-pixel confidence 0..1, same size as the images."}),
+                "model": ("CVS_MODEL", {"tooltip": "The VMem (or SEVA) model of the walk: its vae/ encodes the frames "
+                                                   "into the latents a walk's memory stores (needed for a walk's "
+                                                   "memory; on an empty memory it makes the frames walkable)."}),
+                "vae": ("VAE", {"tooltip": "Optional: the SD 2.1 VAE the walk uses (ComfyUI 'Load VAE'), instead "
+                                           "of the model folder's vae/."}),
             },
         }
 
-    def add(self, memory, images, cameras, min_confidence, depth=None, depth_model=None, confidence=None):
+    def add(self, memory, images, cameras, min_confidence, depth=None, depth_model=None, confidence=None,
+            model=None, vae=None):
         node = self.DISPLAY_NAME
         bank = _check_bank(node, memory)
         images = check_image(node, "images", images)
@@ -257,13 +309,31 @@ class CVS_SurfelMemoryAddFrames:
                 raise NodeInputError(node, "confidence", "has NaN or infinite values", "values 0..1")
         else:
             confidence = torch.ones(n, height, width)
+        handle = check_model(node, "model", model, FAMILIES) if model is not None else None
 
         depth_steps = 0 if depth is not None else -(-n // DEPTH_CHUNK)
         names = {"frames": "images", "points": "depth" if depth is not None else "depth_model",
-                 "estimator output": "depth_model"}
-        with _changing(node, bank) as store, runtime.Progress(depth_steps + 2, "surfel memory") as bar:
+                 "estimator output": "depth_model", "latents": "vae" if vae is not None else "model"}
+        with _changing(node, bank) as store, runtime.Progress(depth_steps + 3, "surfel memory") as bar:
+            encode = store.stores_latents or (store.num_frames == 0 and (handle is not None or vae is not None))
+            if store.stores_latents and handle is None and vae is None:
+                raise NodeInputError(node, "model", f"and 'vae' are both unconnected, but memory '{bank.name}' "
+                                     "stores a latent per frame (a VMem walk)", "the walk's VMem/SEVA model (its "
+                                     "vae/ encodes the frames) or the SD 2.1 VAE the walk uses")
+            if not encode and (handle is not None or vae is not None):
+                log.warning("%s: memory '%s' stores no latents; 'model' / 'vae' is not used.", node, bank.name)
             store.surfel_settings = dataclasses.replace(store.surfel_settings, min_confidence=min_confidence)
             try:
+                latents = None
+                if encode:
+                    codec, modules = latent_codec(node, handle, vae)
+                    if modules:
+                        runtime.load_to_device(modules, handle.device)
+                    try:
+                        latents = codec.encode(images.float().cpu()).float().cpu()
+                    except ValueError as exc:
+                        raise NodeInputError(node, "images", str(exc), "frames the walk's VAE can encode") from None
+                bar.update()
                 if depth is not None:
                     pointmaps = _pointmaps_from_depth(depth, confidence, cams)
                 else:
@@ -275,14 +345,15 @@ class CVS_SurfelMemoryAddFrames:
                     pointmaps = provider(images, cams, store)
                     pointmaps.confidence = pointmaps.confidence * confidence
                 bar.update()
-                report = store.add_frames(pointmaps, cams, images=images)
+                report = store.add_frames(pointmaps, cams, images=images, latents=latents)
             except SurfelInputError as exc:
                 raise _input_error(node, exc, names) from None
             bar.update()  # the last Cancel point: after it the file is replaced
-            store.save(bank.path)
+            bank = _save(bank, store)
         first, last = int(report.frames[0]), int(report.frames[-1])
-        text = (f"added frames {first}..{last} ({n}): {report.added} new surfels, {report.merged} merged into "
-                f"existing ones; memory '{bank.name}' now holds {_summary(store)}")
+        text = (f"added frames {first}..{last} ({n}){' with their latents' if latents is not None else ''}: "
+                f"{report.added} new surfels, {report.merged} merged into existing ones; memory '{bank.name}' now "
+                f"holds {_summary(store)}")
         return bank, text
 
 
@@ -393,8 +464,10 @@ class CVS_SurfelMemoryFrames:
 class CVS_SurfelMemoryUndo:
     DISPLAY_NAME = "CVS Surfel Memory Undo"
     CATEGORY = CATEGORY
-    DESCRIPTION = ("Removes the last step(s) added to a surfel memory, exactly, and saves it. It runs on every "
-                   "queue: bypass it after use, or each run undoes another step.")
+    DESCRIPTION = ("Removes the last step(s) added to a surfel memory, exactly, and saves it. What it removes stays "
+                   "recoverable: the memory as it was before the undo is kept as <name>.previous (one level, "
+                   "shared with reset). More steps than the memory holds are refused, naming how many it holds. "
+                   "It runs on every queue: bypass it after use, or each run undoes another step.")
     RETURN_TYPES = (MEMORY_TYPE, "STRING")
     RETURN_NAMES = ("memory", "report")
     OUTPUT_TOOLTIPS = ("The memory with the steps removed (saved).", "What was removed.")
@@ -406,17 +479,23 @@ class CVS_SurfelMemoryUndo:
         return {"required": {
             "memory": (MEMORY_TYPE, {"tooltip": "The memory to change."}),
             "steps": ("INT", {"default": 1, "min": 1, "max": 10000, "tooltip": "How many of the last add steps to "
-                                                                              "remove."}),
+                              "remove (at most the steps the memory holds). The memory before the undo is kept as "
+                              "<name>.previous, so an undo can be taken back."}),
         }}
 
     def undo(self, memory, steps):
         node = self.DISPLAY_NAME
         bank = _check_bank(node, memory)
         with _changing(node, bank) as store:
-            removed = sum(store.undo() for _ in range(min(steps, store.num_steps)))
-            if removed:
-                store.save(bank.path)
-        return bank, f"removed {removed} frame(s); memory '{bank.name}' now holds {_summary(store)}"
+            if not 1 <= steps <= store.num_steps:
+                held = store.num_steps
+                why = " (its 'reset' is on)" if resetting(bank.reset, bank.path) else ""
+                raise NodeInputError(node, "steps", f"is {steps}, but memory '{bank.name}' holds {held} step(s){why}",
+                                     f"1..{held}" if held else "a memory with steps to undo (this one is empty)")
+            removed = sum(store.undo() for _ in range(steps))
+            bank = _save(bank, store, keep_old=True)
+        return bank, (f"removed {removed} frame(s) in {steps} step(s); memory '{bank.name}' now holds "
+                      f"{_summary(store)} (the memory before the undo is kept as {bank.name}.previous)")
 
 
 # --------------------------------------------------------------------------- preview
