@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from . import camera_formats, camera_preview, trajectories, video_io
-from .cameras import CAMERA_TYPE, check_cameras
+from .cameras import CAMERA_TYPE, CameraBatch, check_cameras
 from .errors import NodeInputError, check_image, check_mask
 
 CATEGORY = "Consistent Video/Cameras"
@@ -304,6 +304,73 @@ class CVS_KeyframeCameras:
         return (trajectories.keyframe_path(keys, frames_per_segment, easing),)
 
 
+class CVS_CameraPathBetween:
+    DISPLAY_NAME = "CVS Camera Path Between"
+    DESCRIPTION = ("A camera path between two views, as VideoScene renders it: the camera swings about the point "
+                   "where the two view directions meet (their least-squares intersection), so it keeps looking at "
+                   "it, with cosine-eased timing over 49 frames by default; intrinsics are interpolated. 'straight' "
+                   "moves the centre on a straight line instead. Both views are the exact first and last frame.")
+    CATEGORY = CATEGORY
+    FUNCTION = "build"
+    RETURN_TYPES = (CAMERA_TYPE,)
+    RETURN_NAMES = ("cameras",)
+    OUTPUT_TOOLTIPS = ("The path: 'frames' cameras from the start view to the end view, both included, with the "
+                       "start view's image size (ready for CVS Render Splats).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "cameras": (CAMERA_TYPE, {"tooltip": "The start view is this batch's first camera. Without "
+                                                     "end_cameras the end view is its last camera, so a batch of "
+                                                     "the two input views (e.g. estimated poses) works alone."}),
+                "frames": ("INT", {"default": 49, "min": 2, "max": 10000, "tooltip":
+                           "Cameras on the path, both views included (VideoScene: 49)."}),
+                "easing": (list(trajectories.EASINGS), {"default": "cosine", "tooltip":
+                           "Timing: cosine (VideoScene: slow at both views, halfway at the middle frame), linear "
+                           "(constant speed), ease_in_out (smoothstep), ease_in, ease_out."}),
+                "rule": (list(trajectories.PATH_RULES), {"default": "pivot", "tooltip":
+                         "pivot (VideoScene/NoPoSplat): the camera swings about the point where the two view "
+                         "directions meet, keeps looking at it, and its distance to it changes evenly; views "
+                         "within 0.8 degrees of parallel slide on the straight line between them. straight: "
+                         "centre on the straight line, rotation by slerp (like CVS Keyframe Cameras)."}),
+            },
+            "optional": {
+                "end_cameras": (CAMERA_TYPE, {"tooltip": "The end view is this batch's first camera (must refer to "
+                                                         "the same image size). Unconnected: the last camera of "
+                                                         "'cameras'."}),
+            },
+        }
+
+    def build(self, cameras, frames, easing, rule, end_cameras=None):
+        node = self.DISPLAY_NAME
+        cams = check_cameras(node, "cameras", cameras)
+        if end_cameras is None:
+            if len(cams) < 2:
+                raise NodeInputError(node, "cameras", "has 1 camera and end_cameras is not connected",
+                                     "a batch of the two views (first = start, last = end), or an end_cameras "
+                                     "input")
+            end_name, end = "cameras", cams[-1]
+        else:
+            end_name, end = "end_cameras", check_cameras(node, "end_cameras", end_cameras)[0]
+            if (end.width, end.height) != (cams.width, cams.height):
+                raise NodeInputError(node, "end_cameras", f"refers to {end.width}x{end.height} images",
+                                     f"the same size as 'cameras' ({cams.width}x{cams.height})")
+        start = cams[0]
+        if trajectories.same_view(start, end):
+            raise NodeInputError(node, end_name, "gives an end view identical to the start view (same pose and "
+                                 "intrinsics), so every frame would show the same camera",
+                                 "two different views (for VideoScene: the two input views' poses)")
+        if frames < 2:
+            raise NodeInputError(node, "frames", f"is {frames}", "at least 2 (the start and end views)")
+        if easing not in trajectories.EASINGS:
+            raise NodeInputError(node, "easing", f"is '{easing}'", f"one of {', '.join(trajectories.EASINGS)}")
+        if rule not in trajectories.PATH_RULES:
+            raise NodeInputError(node, "rule", f"is '{rule}'", f"one of {', '.join(trajectories.PATH_RULES)}")
+        views = CameraBatch.cat([start, end.to(start.device)])
+        return (trajectories.path_between(views, frames, easing, rule),)
+
+
 class CVS_CameraPreview:
     DISPLAY_NAME = "CVS Camera Preview"
     DESCRIPTION = ("Draw the camera path and frusta (and optionally a point cloud from depth maps) into an "
@@ -362,6 +429,6 @@ class CVS_CameraPreview:
 
 
 _NODES = (CVS_LoadCameras, CVS_SaveCameras, CVS_OrbitCameras, CVS_NavigateCameras, CVS_ConcatCameras,
-          CVS_KeyframeCameras, CVS_CameraPreview)
+          CVS_KeyframeCameras, CVS_CameraPathBetween, CVS_CameraPreview)
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {cls.__name__: cls.DISPLAY_NAME for cls in _NODES}

@@ -1,4 +1,5 @@
-"""Camera trajectories: orbits, navigation actions, concatenation and keyframe paths.
+"""Camera trajectories: orbits, navigation actions, concatenation, keyframe paths and the
+path between two views (VideoScene's rotation about the views' focus point).
 
 All poses are OpenCV camera-to-world (see :mod:`cameras`). The world's **up direction is
 -y** (:data:`WORLD_UP`): the identity camera (VMem's first view) stands level, looking
@@ -204,3 +205,181 @@ def keyframe_path(keyframes: CameraBatch, frames_per_segment: int, easing: str =
     c2ws.append(c2w_in[-1:])
     Ks.append(K_in[-1:])
     return CameraBatch(torch.cat(c2ws), torch.cat(Ks), keyframes.width, keyframes.height)
+
+
+# ---- the path between two views ----------------------------------------------------------------
+PATH_RULES = ("pivot", "straight")
+_PARALLEL_EPS = 1e-4  # | |cos(angle between the optical axes)| - 1 | below this: parallel (about 0.8 degrees)
+
+
+def _are_parallel(a: torch.Tensor, b: torch.Tensor, eps: float = _PARALLEL_EPS) -> bool:
+    return abs(abs(float(a @ b)) - 1.0) < eps
+
+
+def focus_point(c2w0: torch.Tensor, c2w1: torch.Tensor, eps: float = _PARALLEL_EPS) -> tuple[torch.Tensor, bool]:
+    """The point where the optical axes of two cameras (OpenCV c2w ``[4,4]``; axis = the line
+    through the camera centre along camera +z) meet: ``(point [3] float64, parallel)``.
+
+    For axes that are not parallel this is the **least-squares intersection** of the two lines,
+    the point with the least summed squared distance to both: the midpoint of their closest
+    points (their exact intersection when they cross). The axes are lines, not rays, so the
+    point can lie behind a camera, as in the original.
+
+    Fallback: axes within ``eps`` of parallel or anti-parallel (``||cos| - 1| < eps``, about
+    0.8 degrees for the default 1e-4, the original's threshold) have no such point (or one
+    far away); then the **midpoint of the two camera centres** is returned with ``parallel``
+    True. Same rule as NoPoSplat/VideoScene ``interpolate_extrinsics`` (see
+    :func:`path_between`).
+    """
+    c2w0, c2w1 = c2w0.to(torch.float64), c2w1.to(torch.float64)
+    a, b = c2w0[:3, 2] / c2w0[:3, 2].norm(), c2w1[:3, 2] / c2w1[:3, 2].norm()
+    o0, o1 = c2w0[:3, 3], c2w1[:3, 3]
+    if _are_parallel(a, b, eps):
+        return (o0 + o1) / 2, True
+    # closest points o0 + s a and o1 + u b: the segment between them is perpendicular to both lines
+    c, w = a @ b, o0 - o1
+    aw, bw = a @ w, b @ w
+    s = (c * bw - aw) / (1 - c * c)
+    u = (bw - c * aw) / (1 - c * c)
+    return ((o0 + s * a) + (o1 + u * b)) / 2, False
+
+
+def _pivot_frame(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tensor:
+    """Columns ``[x, y, z]``: y the unit normal of the plane of the optical axes a and b (the
+    axis the camera swings about), z = a, x = y cross z. A b parallel to a is first replaced
+    by world +z, then (if still parallel) world +y, to pick some plane."""
+    for fallback in ((0.0, 0.0, 1.0), (0.0, 1.0, 0.0)):
+        if _are_parallel(a, b, eps):
+            b = torch.tensor(fallback, dtype=a.dtype)
+    y = torch.linalg.cross(a, b)
+    y = y / y.norm()
+    return torch.stack([torch.linalg.cross(y, a), y, a], -1)
+
+
+def _local_frame(axis: torch.Tensor, look: torch.Tensor) -> torch.Tensor:
+    """Columns ``[axis x look, axis, look]`` (``[...,3,3]``): where the camera-to-pivot offset is measured."""
+    axis = axis.expand_as(look)
+    return torch.stack([torch.linalg.cross(axis, look, dim=-1), axis, look], -1)
+
+
+def _rot_y(angle: torch.Tensor) -> torch.Tensor:
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([c, z, s, z, o, z, -s, z, c], -1).reshape(*angle.shape, 3, 3)
+
+
+def _rot_z(angle: torch.Tensor) -> torch.Tensor:
+    c, s, o, z = torch.cos(angle), torch.sin(angle), torch.ones_like(angle), torch.zeros_like(angle)
+    return torch.stack([c, -s, z, s, c, z, z, z, o], -1).reshape(*angle.shape, 3, 3)
+
+
+def _interpolate_angle(a: float, b: float, t: torch.Tensor) -> torch.Tensor:
+    """From angle a to angle b (radians) the short way round: both are taken modulo 2 pi and a
+    is shifted by -2 pi, 0 or +2 pi, whichever leaves b closest (a tie of exactly pi goes to
+    +2 pi, as in the original), then lerp."""
+    tau = 2 * math.pi
+    a, b = a % tau, b % tau
+    d, d_left, d_right = abs(b - a), abs(b - (a - tau)), abs(b - (a + tau))
+    if d < d_left and d < d_right:
+        start = a
+    elif d_left < d_right:
+        start = a - tau
+    else:
+        start = a + tau
+    return start + (b - start) * t
+
+
+def interpolate_about_focus(c2w0: torch.Tensor, c2w1: torch.Tensor, t: torch.Tensor,
+                            eps: float = _PARALLEL_EPS) -> torch.Tensor:
+    """Poses ``[T,4,4]`` (float64, OpenCV c2w) from ``c2w0`` to ``c2w1`` (``[4,4]``) at fractions
+    ``t [T]``, swinging about the optical axes' :func:`focus_point` ``p``.
+
+    Each end pose becomes 5 numbers (in float64):
+
+    - the offset ``p - centre`` in the camera's local frame ``[n x look, n, look]``, with ``n``
+      the unit normal of the plane of both optical axes (distance to ``p`` across, along the
+      swing axis ``n``, and along the view direction);
+    - two angles of the rotation ``F^T R`` relative to the pivot frame ``F = [n x a, n, a]``
+      (``a`` the first camera's optical axis): intrinsic Euler ``Y-X-Z`` angles, of which the
+      Y angle (swing about ``n``) and the Z angle (roll about the view direction) are kept; the
+      X angle is zero because every view direction here is perpendicular to ``n``.
+
+    The offsets are lerped, the two angles interpolated the short way round; then the
+    rotation is rebuilt as ``F Ry(swing) Rz(roll)`` and the centre as ``p - L(t) offset(t)``.
+    So a camera looking at ``p`` keeps looking at it, its distance to ``p`` lerps, and it
+    moves on an arc about ``p`` (a spiral when the distances differ). Parallel axes: ``p`` is
+    the midpoint of the centres and ``n`` comes from world +z (or +y), which makes the centre
+    move on the straight line between them with the roll interpolated. Views looking in
+    exactly opposite directions make a half turn about that ``n``; which way round is then a
+    tie decided by rounding (in the original too).
+    """
+    c2w0, c2w1 = c2w0.to(torch.float64).cpu(), c2w1.to(torch.float64).cpu()
+    t = torch.as_tensor(t, dtype=torch.float64).cpu()
+    pivot, _ = focus_point(c2w0, c2w1, eps)
+    looks = [c2w[:3, 2] / c2w[:3, 2].norm() for c2w in (c2w0, c2w1)]
+    frame = _pivot_frame(looks[0], looks[1], eps)
+    axis = frame[:, 1]
+    offsets, angles = [], []
+    for c2w, look in zip((c2w0, c2w1), looks):
+        offsets.append(_local_frame(axis, look).T @ (pivot - c2w[:3, 3]))
+        m = frame.T @ c2w[:3, :3]
+        angles.append((math.atan2(float(m[0, 2]), float(m[2, 2])), math.atan2(float(m[1, 0]), float(m[1, 1]))))
+    offset = offsets[0] + (offsets[1] - offsets[0]) * t[:, None]  # [T,3]
+    swing = _interpolate_angle(angles[0][0], angles[1][0], t)
+    roll = _interpolate_angle(angles[0][1], angles[1][1], t)
+    rotation = frame @ _rot_y(swing) @ _rot_z(roll)  # [T,3,3]
+    local = _local_frame(axis, rotation[:, :, 2])
+    out = torch.eye(4, dtype=torch.float64).repeat(len(t), 1, 1)
+    out[:, :3, :3] = rotation
+    out[:, :3, 3] = pivot - (local @ offset[:, :, None])[:, :, 0]
+    return out
+
+
+def same_view(a: CameraBatch, b: CameraBatch, atol: float = 1e-6) -> bool:
+    """Whether the first cameras of ``a`` and ``b`` have the same pose and intrinsics (within
+    ``atol``): a path between them would stand still."""
+    c2w_b, K_b = b.c2w[0].to(a.device), b.K[0].to(a.device)
+    return bool(torch.allclose(a.c2w[0], c2w_b, atol=atol) and torch.allclose(a.K[0], K_b, atol=atol))
+
+
+def path_between(views: CameraBatch, frames: int = 49, easing: str = "cosine", rule: str = "pivot") -> CameraBatch:
+    """A camera path of ``frames`` cameras from ``views[0]`` to ``views[1]`` (a batch of exactly
+    2 cameras, OpenCV c2w ``[2,4,4]``, normalised K ``[2,3,3]``), VideoScene's render path.
+
+    Fractions ``t_k = ease(k / (frames - 1), easing)``, k = 0..frames-1 (both ends included;
+    ``cosine`` is VideoScene's ``(cos(pi (t + 1)) + 1) / 2``, with 49 frames its demo). Per
+    frame, normalised intrinsics are lerped and the pose follows ``rule``:
+
+    - ``"pivot"``: :func:`interpolate_about_focus`, the rule of NoPoSplat's
+      ``interpolate_extrinsics`` as used by VideoScene (hanyang-21/VideoScene at 70e9c84,
+      ``noposplat/src/visualization/camera_trajectory/interpolation.py``:
+      ``interpolate_extrinsics`` lines 207-255 with the focus point at 223-240 and
+      ``intersect_rays`` 19-48, the pivot frame ``generate_rotation_coordinate_frame`` 64-82,
+      the pivot parameters 107-159, the offset lerp and short-way angle interpolation 162-204,
+      the intrinsics lerp 8-16; the timing and 49 frames in
+      ``noposplat/src/model/model_wrapper.py`` lines 676-680). Computed in float64 throughout
+      (the original rebuilds the poses in float32).
+    - ``"straight"``: the camera centre on the straight line between the two, the rotation by
+      slerp (as :func:`keyframe_path`).
+
+    The two input cameras are returned exactly as the first and last frame. Returns a
+    :class:`CameraBatch` ``[frames]`` with the views' image size. Raises ``ValueError`` for
+    fewer than 2 frames, an unknown easing or rule, or a batch that is not 2 cameras.
+    """
+    if len(views) != 2:
+        raise ValueError(f"path_between needs a batch of exactly 2 cameras (start and end), got {len(views)}")
+    if frames < 2:
+        raise ValueError(f"path_between needs at least 2 frames (the two views), got {frames}")
+    if easing not in EASINGS:
+        raise ValueError(f"unknown easing '{easing}'; expected one of {', '.join(EASINGS)}")
+    if rule not in PATH_RULES:
+        raise ValueError(f"unknown path rule '{rule}'; expected one of {', '.join(PATH_RULES)}")
+    c2w_in, K_in = views.c2w.cpu(), views.K.cpu()
+    t = ease(torch.linspace(0.0, 1.0, frames, dtype=torch.float64), easing)
+    if rule == "pivot":
+        c2w = interpolate_about_focus(c2w_in[0], c2w_in[1], t).float()
+    else:
+        c2w = interpolate_poses(c2w_in[0], c2w_in[1], t.float())
+    K = ((1 - t)[:, None, None] * K_in[0].double() + t[:, None, None] * K_in[1].double()).float()
+    for k, which in ((0, 0), (-1, 1)):  # the inputs themselves at both ends, bit for bit
+        c2w[k], K[k] = c2w_in[which], K_in[which]
+    return CameraBatch(c2w, K, views.width, views.height)

@@ -8,13 +8,13 @@ import torch
 import consistent_video
 from consistent_video.nodes import camera_formats
 from consistent_video.nodes.camera_nodes import (
-    CVS_CameraPreview, CVS_ConcatCameras, CVS_KeyframeCameras, CVS_LoadCameras, CVS_NavigateCameras,
-    CVS_OrbitCameras, CVS_SaveCameras)
+    CVS_CameraPathBetween, CVS_CameraPreview, CVS_ConcatCameras, CVS_KeyframeCameras, CVS_LoadCameras,
+    CVS_NavigateCameras, CVS_OrbitCameras, CVS_SaveCameras)
 from consistent_video.nodes.cameras import CAMERA_TYPE, CameraBatch
 from consistent_video.nodes.errors import NodeInputError
 
 NODES = (CVS_LoadCameras, CVS_SaveCameras, CVS_OrbitCameras, CVS_NavigateCameras, CVS_ConcatCameras,
-         CVS_KeyframeCameras, CVS_CameraPreview)
+         CVS_KeyframeCameras, CVS_CameraPathBetween, CVS_CameraPreview)
 
 
 def defaults(cls, **overrides):

@@ -17,7 +17,7 @@ import consistent_video
 from consistent_video.gvm_nodes import nodes as gvm_nodes
 from consistent_video.memory_v2v_nodes import nodes as v2v_nodes
 from consistent_video.memory_v2v_nodes import pipeline as v2v_pipeline
-from consistent_video.nodes import camera_formats, video_io, video_nodes
+from consistent_video.nodes import camera_formats, trajectories, video_io, video_nodes
 from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov
 from consistent_video.nodes.errors import NodeInputError
 from consistent_video.nodes.workflow_format import input_specs
@@ -147,6 +147,8 @@ def run_checks(node_id, name, value, things, monkeypatch, request):
     square = CameraBatch.identity(1, 32, 32)
     runners = {
         "CVS_CameraPreview": lambda: call(cls, cameras=cams, **over),
+        "CVS_CameraPathBetween": lambda: call(cls, cameras=CameraBatch.cat(
+            [square, trajectories.orbit(1, 0.0, 1.0, 30.0, 0.0, 32, 32)]), **over),
         "CVS_KeyframeCameras": lambda: call(cls, **over),
         "CVS_LoadCameras": lambda: call(cls, path=things["recammaster"], **over),
         "CVS_NavigateCameras": lambda: call(cls, **over),
