@@ -15,6 +15,9 @@ ground-truth alpha, so tests can score a matte against it without storing it.
 ``cvs_scene.ply``: a small room of 3D Gaussians in the 3DGS PLY layout (:func:`splat_scene`): a
 chequered floor, a back wall and three objects, the input of the VideoScene splat example.
 
+``cvs_photo_left.png`` / ``cvs_photo_right.png``: two 480x320 photos of that splat room from two
+viewpoints 1.2 m apart (:func:`render_photo_pair`), the input of the two-photo VideoScene example.
+
 ``cvs_cameras.json``: a camera path in the pack's plain camera JSON (:func:`sample_cameras`), the
 default of 'CVS Load Cameras'.
 
@@ -249,12 +252,34 @@ def splat_scene():
                          torch.full((count,), 0.9), rgb_to_sh_dc(rgb)[:, None, :])
 
 
+PHOTO_VIEWS = ({"position": [-0.6, -0.4, -2.2], "look_at": [0.0, 0.2, 0.7]},
+               {"position": [0.6, -0.4, -2.2], "look_at": [0.1, 0.2, 0.7]})
+
+
+def render_photo_pair(width: int = 480, height: int = 320, fov_deg: float = 55.0) -> list[torch.Tensor]:
+    """Two ``[height,width,3]`` renders of :func:`splat_scene` from ``PHOTO_VIEWS`` (OpenCV
+    convention, vertical field of view ``fov_deg``): two photos of one place for the
+    two-photo VideoScene example, whose poses the pack does not give it."""
+    import json
+    from consistent_video.nodes.camera_formats import keyframes_from_text
+    from consistent_video.nodes.splat_render import render
+    cameras = keyframes_from_text(json.dumps(list(PHOTO_VIEWS)), width, height, fov_deg)
+    scene = splat_scene()
+    return [render(scene, cameras[i])[0][0].clamp(0, 1) for i in range(len(cameras))]
+
+
 def sample_cameras():
     """81 cameras (ReCamMaster's frame count) at 832x480 with a 50 degree vertical field of view:
     starting at the identity camera, an arc of 30 degrees to the right around the point 2 units
     ahead, always looking at it."""
     from consistent_video.nodes.trajectories import orbit
     return orbit(81, 0.0, 2.0, 0.0, 30.0, width=832, height=480, fov_deg=50.0, target=(0.0, 0.0, 2.0))
+
+
+def save_photo_pair() -> None:
+    """Write ``cvs_photo_left.png`` and ``cvs_photo_right.png`` (:func:`render_photo_pair`)."""
+    for name, photo in zip(("cvs_photo_left.png", "cvs_photo_right.png"), render_photo_pair()):
+        Image.fromarray((photo.numpy() * 255).round().astype(np.uint8)).save(HERE / name, optimize=True)
 
 
 def main() -> None:
@@ -274,8 +299,9 @@ def main() -> None:
     save_ply(splat_scene(), HERE / "cvs_scene.ply")
     from consistent_video.nodes.camera_formats import save_cvs_json
     save_cvs_json(sample_cameras(), HERE / "cvs_cameras.json")
+    save_photo_pair()
     for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png", "cvs_scene.ply",
-                 "cvs_cameras.json"):
+                 "cvs_cameras.json", "cvs_photo_left.png", "cvs_photo_right.png"):
         print(f"{name}: {(HERE / name).stat().st_size / 1024:.0f} KiB")
 
 

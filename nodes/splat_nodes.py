@@ -1,4 +1,4 @@
-"""Shared Gaussian-splat nodes: load a 3DGS ``.ply``, render it along a camera path.
+"""Shared Gaussian-splat nodes: load or save a 3DGS ``.ply``, render it along a camera path.
 
 Thin: the scene and PLY I/O are :mod:`.gaussians`, the rasteriser :mod:`.splat_render`.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 from . import runtime, video_io
 from .cameras import CAMERA_TYPE, check_cameras
 from .errors import NodeInputError, describe
-from .gaussians import GaussianScene, load_ply
+from .gaussians import GaussianScene, load_ply, save_ply
 from .splat_render import BACKENDS, render
 
 CATEGORY = "Consistent Video/Gaussian Splats"
@@ -118,6 +118,38 @@ class CVS_RenderSplats:
         return rgb.clamp(0, 1), alpha.clamp(0, 1), shown, info
 
 
-_NODES = (CVS_LoadSplats, CVS_RenderSplats)
+class CVS_SaveSplats:
+    DISPLAY_NAME = "CVS Save Splats"
+    DESCRIPTION = ("Save 3D Gaussian splats to ComfyUI's output folder as a standard binary 3DGS .ply, which "
+                   "3DGS viewers, SuperSplat, gsplat, nerfstudio and 'CVS Load Splats' read.")
+    CATEGORY = CATEGORY
+    FUNCTION = "save"
+    OUTPUT_NODE = True
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    OUTPUT_TOOLTIPS = ("Absolute path of the written .ply.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "gaussians": (GAUSSIANS_TYPE, {"tooltip": "The splats to save (from 'CVS Load Splats' or a node "
+                                                      "that makes Gaussians)."}),
+            "filename_prefix": ("STRING", {"default": "ConsistentVideo/splats", "tooltip":
+                                "Subfolder and name inside the output folder; a counter is appended."}),
+        }}
+
+    def save(self, gaussians, filename_prefix):
+        node = self.DISPLAY_NAME
+        if not isinstance(gaussians, GaussianScene):
+            raise NodeInputError(node, "gaussians", f"got {describe(gaussians)}", "Gaussians (CVS_GAUSSIANS)")
+        try:
+            path = video_io.next_output_path(filename_prefix, "ply")
+        except ValueError as exc:
+            raise NodeInputError(node, "filename_prefix", str(exc)) from None
+        save_ply(gaussians, path)
+        return {"ui": {"text": [f"{path} ({_summary(gaussians)})"]}, "result": (str(path),)}
+
+
+_NODES = (CVS_LoadSplats, CVS_RenderSplats, CVS_SaveSplats)
 NODE_CLASS_MAPPINGS = {cls.__name__: cls for cls in _NODES}
 NODE_DISPLAY_NAME_MAPPINGS = {cls.__name__: cls.DISPLAY_NAME for cls in _NODES}

@@ -77,3 +77,20 @@ def test_zero_cameras_never_reach_the_renderer():
         CVS_KeyframeCameras().build("[]", 8, "cosine", 64, 48, 55.0)
     with pytest.raises(ValueError, match="at least one camera"):
         cameras()[3:]
+
+
+def test_save_splats_writes_a_ply_that_loads_back(output_dir):
+    from consistent_video.nodes.splat_nodes import CVS_SaveSplats
+
+    scene, _ = CVS_LoadSplats().load("cvs_scene.ply")
+    result = CVS_SaveSplats().save(scene, "splats/room")
+    path = result["result"][0]
+    assert path.endswith("splats/room_00001.ply") and "Gaussians" in result["ui"]["text"][0]
+    again, _ = CVS_LoadSplats().load(path)
+    torch.testing.assert_close(again.means, scene.means)
+    torch.testing.assert_close(again.opacities, scene.opacities, rtol=1e-5, atol=1e-6)
+    assert CVS_SaveSplats().save(scene, "splats/room")["result"][0].endswith("room_00002.ply")
+    with pytest.raises(NodeInputError, match="CVS Save Splats: input 'gaussians'.*expected Gaussians"):
+        CVS_SaveSplats().save(torch.zeros(3), "splats/room")
+    with pytest.raises(NodeInputError, match="'filename_prefix'"):
+        CVS_SaveSplats().save(scene, "../outside")
