@@ -39,6 +39,39 @@ SPLAT_PATH = [{"position": [-0.9, -0.45, -2.4], "look_at": [0, 0.2, 0.6]},  # ar
               {"position": [0.9, -0.45, -2.4], "look_at": [0, 0.2, 0.6]}]
 VIDEOSCENE_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "videoscene"},
                      "_meta": {"title": "Load VideoScene"}}
+PHOTOS = ("cvs_photo_left.png", "cvs_photo_right.png")  # two renders of the bundled splat room (assets/make_assets.py)
+
+
+def _videoscene_two_photos() -> dict:
+    """Two photos -> NoPoSplat Gaussians and the two poses -> the path between them -> coarse render -> refined."""
+    return {
+        "1": {"class_type": "CVS_ModelLoader", "inputs": {"family": "noposplat"}, "_meta": {"title": "Load NoPoSplat"}},
+        "2": {"class_type": "CVS_LoadImage", "inputs": {"image": PHOTOS[0]}, "_meta": {"title": "Photo 1"}},
+        "3": {"class_type": "CVS_LoadImage", "inputs": {"image": PHOTOS[1]}, "_meta": {"title": "Photo 2"}},
+        "4": {"class_type": "CVS_VideoSceneTwoPhotos",
+              "inputs": {"model": ["1", 0], "image_a": ["2", 0], "image_b": ["3", 0]},
+              "_meta": {"title": "Two photos to Gaussians and poses"}},
+        "5": {"class_type": "CVS_CameraPathBetween",
+              "inputs": {"cameras": ["4", 1], "frames": 49, "easing": "cosine", "rule": "pivot"},
+              "_meta": {"title": "Path between the two views (49 frames)"}},
+        "6": {"class_type": "CVS_RenderSplats",
+              "inputs": {"gaussians": ["4", 0], "cameras": ["5", 0], "background_r": 0.0, "background_g": 0.0,
+                         "background_b": 0.0},
+              "_meta": {"title": "Coarse render"}},
+        "7": VIDEOSCENE_LOADER,
+        "8": {"class_type": "CVS_VideoSceneRefine", "inputs": {"model": ["7", 0], "video": ["6", 0]},
+              "_meta": {"title": "VideoScene refine"}},
+        "9": {"class_type": "CVS_SaveVideo", "inputs": {"images": ["8", 0], "fps": "8", "format": "h264-mp4",
+                                                        "filename_prefix": "ConsistentVideo/two_photos_scene"},
+              "_meta": {"title": "Save scene video"}},
+        "10": {"class_type": "CVS_SaveVideo", "inputs": {"images": ["6", 0], "fps": "8", "format": "h264-mp4",
+                                                         "filename_prefix": "ConsistentVideo/two_photos_coarse"},
+               "_meta": {"title": "Save coarse render"}},
+        "11": {"class_type": "CVS_SaveSplats",
+               "inputs": {"gaussians": ["4", 0], "filename_prefix": "ConsistentVideo/two_photos_splats"},
+               "_meta": {"title": "Save the Gaussians (.ply)"}},
+    }
+
 
 
 def _memory_v2v_three_turns() -> dict:
@@ -184,6 +217,8 @@ EXAMPLES = {
     # Memory-V2V: the same video re-rendered three times along overlapping paths; every turn is
     # conditioned on the earlier turns that saw the same directions.
     "memory_v2v_three_turns": _memory_v2v_three_turns(),
+    # VideoScene from two photos of one place: NoPoSplat -> poses -> path -> render -> one-step refine.
+    "videoscene_two_photos": _videoscene_two_photos(),
     # VideoScene: Gaussian splats rendered along an eased path between two views (the coarse
     # render), then refined in one network pass; both videos are saved side by side.
     "videoscene_splats_to_video": {
@@ -254,6 +289,12 @@ TEMPLATES = {
                                    "**VideoScene from Gaussian splats.** The bundled splat room rendered along an "
                                    "eased path between two views (the coarse render), then refined in one network "
                                    "pass; both videos are saved."),
+    "videoscene_two_photos": ("VideoScene - Two photos to scene video",
+                              "**VideoScene from two photos.** Two photos of one place (no poses needed): NoPoSplat "
+                              "predicts 3D Gaussians and each photo's camera is found from them (PnP, then "
+                              "refinement); the camera moves from one view to the other, the Gaussians are rendered "
+                              "along the way, and VideoScene turns that coarse render into a consistent video in one "
+                              "network pass. The Gaussians are saved as a .ply too."),
     "videoscene_refine_video": ("VideoScene - Refine a video",
                                 "**VideoScene on any video.** A video from another node (here the sample clip) "
                                 "refined in one pass: any length and aspect, mapped to the model's 49 frames at "
@@ -321,6 +362,12 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
     top = render_camera_preview(splat_path, 320, 180, "top", frustum_size=0.15)[0]
     pictures["videoscene_splats_to_video"] = torch.cat([coarse, torch.ones(180, 4, 3), top], dim=1)
     pictures["videoscene_refine_video"] = torch.cat([frame, torch.ones(180, 4, 3), frames[-1]], dim=1)
+    # Two photos: the two input photos side by side
+    from PIL import Image
+    import numpy as np
+    photos = [torch.from_numpy(np.asarray(Image.open(HERE.parent / "assets" / name).convert("RGB").resize(
+        (270, 180), Image.BILINEAR), dtype=np.float32) / 255.0) for name in PHOTOS]
+    pictures["videoscene_two_photos"] = torch.cat([photos[0], torch.ones(180, 4, 3), photos[1]], dim=1)
     return pictures
 
 

@@ -22,7 +22,7 @@ FAMILY_OF = {  # target node -> the model family its 'model' input takes
     "CVS_VMemNavigate": "vmem", "CVS_VMemWalk": "vmem", "CVS_SurfelMemoryAddFrames": "depth_anything_v2",
     "CVS_VideoMVTextToViews": "videomv_t2v", "CVS_VideoMVImageToViews": "videomv_i2v",
     "CVS_MemoryV2VEncodeSource": "recammaster", "CVS_MemoryV2VRerender": "recammaster",
-    "CVS_VideoSceneRefine": "videoscene",
+    "CVS_VideoSceneRefine": "videoscene", "CVS_VideoSceneTwoPhotos": "noposplat",
 }
 DEPTH_FAMILY = "depth_anything_v2"
 

@@ -141,6 +141,14 @@ def _videoscene(request, name, value):
     assert err.value.input_name == "first_image"
 
 
+def _two_photos(name, value):
+    """What VideoScene Two Photos checks before the network runs (its numeric inputs)."""
+    from consistent_video.videoscene_nodes import nodes as videoscene_nodes
+    v = defaults(NODES["CVS_VideoSceneTwoPhotos"], **{name: value})
+    videoscene_nodes._two_photo_settings("CVS VideoScene Two Photos to Gaussians", v["size"], v["refine_steps"],
+                                         v["learning_rate"], v["opacity_threshold"])
+
+
 def run_checks(node_id, name, value, things, monkeypatch, request):
     """Run ``node_id``'s checks with input ``name`` at ``value`` (NodeInputError when refused)."""
     cls, over, cams = NODES[node_id], {name: value}, things["cams"]
@@ -178,6 +186,7 @@ def run_checks(node_id, name, value, things, monkeypatch, request):
         "CVS_MemoryV2VEncodeSource": lambda: _v2v_turn(node_id, name, value),
         "CVS_MemoryV2VRerender": lambda: _v2v_turn(node_id, name, value),
         "CVS_VideoSceneRefine": lambda: _videoscene(request, name, value),
+        "CVS_VideoSceneTwoPhotos": lambda: _two_photos(name, value),
     }
     assert node_id in runners, f"{node_id} has numeric inputs but no range check here; add one"
     runners[node_id]()

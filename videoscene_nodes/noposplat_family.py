@@ -151,9 +151,12 @@ def write_smoke_noposplat(folder: Path, seed: int = 0) -> None:
     families.mark_smoke(folder, "NoPoSplat")
 
 
+SMOKE_OVERRIDES = {"CVS_VideoSceneTwoPhotos": {"size": 64, "refine_steps": 4}}
+"""A CPU-sized demo run on smoke weights: 64x64 working size, 4 refinement steps per view."""
+
 FAMILY = families.register(families.Family(
     name=NAME, display_name="NoPoSplat (two photos to 3D Gaussians)", default_repo=REPO, files=FILES,
-    licence=LICENCE, load=load_noposplat, write_smoke=write_smoke_noposplat))
+    licence=LICENCE, load=load_noposplat, write_smoke=write_smoke_noposplat, smoke_overrides=SMOKE_OVERRIDES))
 
 __all__ = ["FAMILY", "NAME", "load_noposplat", "build_network", "encoder_state", "convert_checkpoint",
            "write_smoke_noposplat", "SMOKE_CONFIG"]
