@@ -159,7 +159,7 @@ def test_dpt_fusion_matches_explicit_bilinear_upsampling(dense_random_state):
 
 
 def test_gaussian_adapter_activations_by_hand():
-    scipy_rotation = pytest.importorskip("scipy.spatial.transform").Rotation
+    from scipy.spatial.transform import Rotation as scipy_rotation  # a test dependency (pyproject [test])
     g = torch.Generator().manual_seed(7)
     degree = 4
     k = (degree + 1) ** 2
