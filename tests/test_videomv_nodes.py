@@ -15,6 +15,7 @@ from consistent_video.nodes.video_nodes import CVS_LoadImage
 from consistent_video.videomv_nodes import family as fam
 from consistent_video.videomv_nodes import nodes as N
 from consistent_video.videomv_nodes import pipeline as P
+from consistent_video.videomv_nodes.lgm import smoke_state as lgm_smoke_state
 from consistent_video.videomv_nodes.schedules import NUM_STEPS, i2v_scheduler, t2v_scheduler
 
 RES = 64  # smoke resolution: 8x8 latents
@@ -74,7 +75,7 @@ def test_missing_weights_say_where_the_zip_is(tmp_path, monkeypatch):
 
 def test_smoke_folders_load_strictly_with_sizes_from_the_shapes(t2v, i2v):
     for handle, mode in ((t2v, "t2v"), (i2v, "i2v")):
-        assert handle.extra["mode"] == mode and handle.extra["num_views"] == 24 and handle.extra["set_aside"] == 1
+        assert handle.extra["mode"] == mode and handle.extra["num_views"] == 24 and handle.extra["set_aside"] == len(lgm_smoke_state())
         config = handle.modules["unet"].config
         assert tuple(config.block_out_channels) == (64, 128, 128, 128)
         assert config.cross_attention_dim == handle.modules["text_encoder"].config.hidden_size

@@ -7,6 +7,7 @@ stored once, under ``models/videomv/``::
     models/videomv/pretrained_models/
         t2v_00333000.pth                                   T2V UNet (VGen layout, {'state_dict', 'step'})
         i2v_00882000.pth                                   I2V UNet (VGen layout)
+        model.safetensors                                  LGM 'big' alone (fp16; LGM's own keys)
         modelscope_t2v/open_clip_pytorch_model.bin         OpenCLIP ViT-H-14 (T2V's text encoder)
         modelscope_t2v/VQGAN_autoencoder.pth               the SD-style VAE (LDM checkpoint), both modes
         modelscope_i2v/I2VGen-XL/open_clip_pytorch_model.bin   OpenCLIP ViT-H-14 (I2V's text + image encoder)
@@ -16,8 +17,9 @@ stored once, under ``models/videomv/``::
 
 The UNets' widths are read from the checkpoint shapes (head width 64 and 32 norm groups as
 released; :func:`.convert.infer_config`). The paths are the ones VideoMV's configs name (``configs/*_train.yaml``,
-``tools/modules/config.py``). The zip's other files (LGM's ``model.safetensors``, the
-ModelScope / I2VGen-XL base checkpoints) are not read. The UNets load strictly through the
+``tools/modules/config.py``). LGM's standalone ``model.safetensors`` (fp16; the smoke folders
+have a tiny one) is not read by the family loader (:func:`.lgm.load_lgm` reads it or the
+``lgm_big.*`` tensors); the ModelScope / I2VGen-XL base checkpoints are not read. The UNets load strictly through the
 VGen -> diffusers key conversion (:mod:`.convert`); their ``lgm_big.*`` keys (VideoMV's
 reconstruction network, for the 3D-aware loop) are set aside and only counted.
 
@@ -32,6 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from ..nodes import families
 from ..nodes.clip_text import TOKENIZER_OPTIONAL_FILES, load_clip_tokenizer, write_smoke_tokenizer
@@ -39,6 +42,7 @@ from ..nodes.open_clip_weights import SMOKE_SIZE, load_open_clip, write_smoke_op
 from ..nodes.vae import load_ldm_vae, write_smoke_ldm_vae
 from ..nodes.weights import WeightsError, is_smoke, random_state
 from .convert import load_i2v_unet, load_t2v_unet, to_vgen, to_vgen_i2v
+from .lgm import VIDEOMV_PREFIX, smoke_state as lgm_smoke_state
 from .model import VideoMVI2VUNet, VideoMVT2VUNet, config_for_release, i2v_config_for_release
 from .schedules import NUM_VIEWS
 
@@ -53,6 +57,7 @@ OPEN_CLIP_FILES = {T2V: "modelscope_t2v/open_clip_pytorch_model.bin",
                    I2V: "modelscope_i2v/I2VGen-XL/open_clip_pytorch_model.bin"}
 VAE_FILE = "modelscope_t2v/VQGAN_autoencoder.pth"
 TOKENIZER_DIR = "tokenizer"
+LGM_FILE = "model.safetensors"  # LGM 'big' standalone, fp16 (VideoMV's lgm_pretrain; smoke: a tiny LGM)
 MANUAL_DOWNLOAD = (f"VideoMV's weights are not on Hugging Face: download {ZIP_URL} (linked from the "
                    f"alibaba/VideoMV README) and unzip it, which gives the folder '{ZIP_FOLDER}'")
 LICENCES = {
@@ -115,14 +120,15 @@ def smoke_unet_config(family: str) -> dict:
 
 
 def write_smoke_unet(path: Path, family: str, seed: int = 0) -> None:
-    """A tiny random UNet as a VGen-layout checkpoint ``{'state_dict': ..., 'step': 0}`` plus one
-    ``lgm_big.*`` tensor (like the release, whose LGM keys the loader sets aside)."""
+    """A tiny random UNet as a VGen-layout checkpoint ``{'state_dict': ..., 'step': 0}`` plus a tiny
+    LGM under ``lgm_big.*`` (like the release, whose LGM keys the UNet loader sets aside;
+    :func:`.lgm.load_lgm` loads them strictly)."""
     config = smoke_unet_config(family)
     network, back = (VideoMVT2VUNet, to_vgen) if family == T2V else (VideoMVI2VUNet, to_vgen_i2v)
     with torch.device("meta"):
         unet = network(**config)
     state = back(random_state(unet, torch.Generator().manual_seed(seed)), config)
-    state["lgm_big.conv.weight"] = torch.zeros(14, 14, 1, 1)
+    state.update(lgm_smoke_state(seed, VIDEOMV_PREFIX))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "step": 0}, str(path))
@@ -132,6 +138,7 @@ def _smoke_writer(family: str):
     def write(folder: Path, seed: int = 0) -> None:
         folder = Path(folder)
         write_smoke_unet(folder / UNET_FILES[family], family, seed)
+        save_file(lgm_smoke_state(seed, dtype=torch.float16), str(folder / LGM_FILE))
         write_smoke_open_clip(folder / OPEN_CLIP_FILES[family], seed=seed)
         write_smoke_ldm_vae(folder / VAE_FILE, seed=seed)
         write_smoke_tokenizer(folder / TOKENIZER_DIR)

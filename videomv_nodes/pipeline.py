@@ -19,8 +19,8 @@ What VideoMV's entrance scripts do (``tools/inferences/inference_text2video_entr
   batch of 2. The network runs in its own dtype; the sampler state stays float32.
 - **Decode** every view with the VAE (``/ 0.18215``), to 0..1.
 
-VideoMV's second, 3D-aware loop (LGM reconstructions at steps 20/30/40) is not part of this
-module; it needs the set-aside LGM weights and a Gaussian renderer.
+VideoMV's second, 3D-aware loop (LGM reconstructions at steps 20/30/40) is
+:mod:`.denoise_3d`; it runs this sampler with a step hook (:data:`StepHook`).
 
 Shapes: images ``[N,H,W,3]`` float 0..1 (ComfyUI IMAGE); latents ``[F,4,H/8,W/8]`` in the
 diffusion space (VAE mean x 0.18215); cameras a :class:`~consistent_video.nodes.cameras.CameraBatch`
@@ -51,6 +51,12 @@ LATENT_DOWNSCALE = 8
 SCHEDULERS = {"t2v": t2v_scheduler, "i2v": i2v_scheduler}
 
 Progress = Optional[Callable[[int], None]]
+StepHook = Optional[Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, object], Optional[torch.Tensor]]]
+"""``hook(index, t, x, out, scheduler)`` called at every DDIM step with the loop index, the
+timestep, the float32 sample ``x [1,4,F,h,w]``, the float32 model outputs ``out [2,4,F,h,w]``
+(conditional, unconditional) and the scheduler; a tensor it returns replaces the guided model
+output of that step (in the scheduler's prediction type), ``None`` keeps it (see
+:mod:`.denoise_3d`)."""
 
 
 @dataclass(frozen=True)
@@ -152,7 +158,7 @@ def initial_noise(num_views: int, resolution: int, seed: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_latents(unet: torch.nn.Module, mode: str, conditioning: dict, camera_data: torch.Tensor,
-                   settings: ViewSettings, progress: Progress = None) -> torch.Tensor:
+                   settings: ViewSettings, progress: Progress = None, step_hook: StepHook = None) -> torch.Tensor:
     """DDIM with classifier-free guidance: ``[1, 4, F, r/8, r/8]`` float32 on the CPU.
 
     ``conditioning``: the UNet inputs for the batch ``[conditional, unconditional]``
@@ -160,6 +166,7 @@ def sample_latents(unet: torch.nn.Module, mode: str, conditioning: dict, camera_
     (:func:`~consistent_video.nodes.camera_formats.to_videomv_cameras`). ``progress(1)`` after
     every step (raising there, e.g. on Cancel, stops the loop); Cancel also stops a step
     before its next UNet block (:func:`~consistent_video.nodes.runtime.interruptible`).
+    ``step_hook`` (:data:`StepHook`) may replace a step's guided output (VideoMV's 3D-aware steps).
     """
     device, dtype = module_place(unet)
     num_views = camera_data.shape[0]
@@ -169,11 +176,14 @@ def sample_latents(unet: torch.nn.Module, mode: str, conditioning: dict, camera_
     inputs = {k: v.to(device=device, dtype=dtype) for k, v in conditioning.items()}
     camera = camera_data.to(device=device, dtype=dtype).unsqueeze(0).expand(2, -1, -1)
     with runtime.interruptible(unet):
-        for t in scheduler.timesteps:
+        for index, t in enumerate(scheduler.timesteps):
             out = unet(torch.cat([x, x]).to(dtype), t.to(device), camera=camera, return_dict=False,
                        **inputs)[0].float()
             cond, uncond = out.chunk(2)
             guided = uncond + settings.guidance * (cond - uncond)
+            if step_hook is not None:
+                replaced = step_hook(index, t, x, out, scheduler)
+                guided = guided if replaced is None else replaced.to(guided)
             x = scheduler.step(guided, t, x, eta=0.0).prev_sample
             if progress is not None:
                 progress(1)
