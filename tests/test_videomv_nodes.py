@@ -279,7 +279,7 @@ def test_nodes_generate_24_views_with_cameras_and_latents(mode, t2v, i2v):
         def run(seed):
             return N.CVS_VideoMVImageToViews().generate(handle, prepared, seed, 2, 6.0, 5.0, 1.7, RES,
                                                         P.NEGATIVE_PROMPT)
-    images, cams, latent = run(5)
+    images, cams, latent, gaussians = run(5)
     assert images.shape == (24, RES, RES, 3) and 0.0 <= images.min() and images.max() <= 1.0
     assert latent["samples"].shape == (24, 4, RES // 8, RES // 8)
     elevation, distance = (15.0, 2.0) if mode == "t2v" else (5.0, 1.7)
@@ -289,14 +289,14 @@ def test_nodes_generate_24_views_with_cameras_and_latents(mode, t2v, i2v):
     # the LATENT is ComfyUI's unscaled VAE latent: scaled back and decoded it gives the views
     decoded = DiffusersVAECodec(handle.modules["vae"], chunk_size=8).decode(latent["samples"] * SD_SCALING_FACTOR)
     torch.testing.assert_close(decoded, images)
-    again, _, _ = run(5)
-    other, _, _ = run(6)
+    again, _, _, _ = run(5)
+    other, _, _, _ = run(6)
     assert torch.equal(again, images) and not torch.equal(other, images)
 
 
 def test_explicit_cameras_are_used(t2v):
     cams, _ = N.CVS_VideoMVOrbitCameras().build(24, 30.0, 2.5, 90.0, 512)
-    _, out, _ = N.CVS_VideoMVTextToViews().generate(t2v, "a chair", 0, 1, 9.0, 15.0, 2.0, RES,
+    _, out, _, _ = N.CVS_VideoMVTextToViews().generate(t2v, "a chair", 0, 1, 9.0, 15.0, 2.0, RES,
                                                     P.NEGATIVE_PROMPT, cameras=cams)
     torch.testing.assert_close(out.c2w, cams.c2w)
     assert out.width == out.height == RES
@@ -346,7 +346,7 @@ def test_resolution_is_declared_in_steps_of_8_as_the_network_takes_it(t2v):
         options = cls.INPUT_TYPES()["required"]["resolution"][1]
         assert options["step"] == P.LATENT_DOWNSCALE == 8 and options["min"] % 8 == 0
         assert "multiple of 8" in options["tooltip"]
-    images, cams, latent = N.CVS_VideoMVTextToViews().generate(t2v, "a teapot", 0, 1, 9.0, 15.0, 2.0, 72,
+    images, cams, latent, _ = N.CVS_VideoMVTextToViews().generate(t2v, "a teapot", 0, 1, 9.0, 15.0, 2.0, 72,
                                                                P.NEGATIVE_PROMPT)
     assert images.shape == (24, 72, 72, 3) and latent["samples"].shape == (24, 4, 9, 9) and cams.width == 72
     with pytest.raises(NodeInputError, match="'resolution'.*is 68; expected a positive multiple of 8"):

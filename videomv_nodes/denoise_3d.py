@@ -243,6 +243,15 @@ def refine_x0(x0: torch.Tensor, codec: LatentCodec, cameras: CameraBatch, recons
     return torch.stack(latents).to(x0.device), scenes
 
 
+def reconstruct_views(x0: torch.Tensor, codec: LatentCodec, cameras: CameraBatch, reconstruct: Reconstruct,
+                      settings: RefineSettings) -> GaussianScene:
+    """LGM once on ``settings.views`` of latents ``x0 [1,4,F,h,w]`` (e.g. the final result): the
+    same input as a 3D-aware step (:func:`lgm_input`), no render. Returns the Gaussians."""
+    poses = lgm_poses(cameras.to("cpu"))
+    rays = lgm_rays(poses[list(settings.views)], settings.input_size, settings.fov_deg)
+    return list(reconstruct(lgm_input(x0, codec, rays, settings.views)))[0]
+
+
 # ---- the sampler -------------------------------------------------------------------------------
 def _alpha(scheduler, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return scheduler.alphas_cumprod[int(t)].to(device=like.device, dtype=like.dtype)

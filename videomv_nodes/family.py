@@ -21,7 +21,9 @@ released; :func:`.convert.infer_config`). The paths are the ones VideoMV's confi
 have a tiny one) is not read by the family loader (:func:`.lgm.load_lgm` reads it or the
 ``lgm_big.*`` tensors); the ModelScope / I2VGen-XL base checkpoints are not read. The UNets load strictly through the
 VGen -> diffusers key conversion (:mod:`.convert`); their ``lgm_big.*`` keys (VideoMV's
-reconstruction network, for the 3D-aware loop) are set aside and only counted.
+reconstruction network, for the 3D-aware loop) are set aside and loaded strictly as LGM
+(``modules["lgm"]``); without them the folder's ``model.safetensors`` is the fallback, and with
+neither the handle has no ``lgm`` (``extra["lgm_source"]`` says which source was used).
 
 A loaded handle holds ``unet``, ``text_encoder`` (transformers ``CLIPTextModelWithProjection``),
 ``vae`` (diffusers ``AutoencoderKL``) and, for I2V, ``image_encoder``
@@ -42,7 +44,7 @@ from ..nodes.open_clip_weights import SMOKE_SIZE, load_open_clip, write_smoke_op
 from ..nodes.vae import load_ldm_vae, write_smoke_ldm_vae
 from ..nodes.weights import WeightsError, is_smoke, random_state
 from .convert import load_i2v_unet, load_t2v_unet, to_vgen, to_vgen_i2v
-from .lgm import VIDEOMV_PREFIX, smoke_state as lgm_smoke_state
+from .lgm import VIDEOMV_PREFIX, load_lgm, smoke_state as lgm_smoke_state
 from .model import VideoMVI2VUNet, VideoMVT2VUNet, config_for_release, i2v_config_for_release
 from .schedules import NUM_VIEWS
 
@@ -84,6 +86,9 @@ def _loader(family: str):
         if towers.vision is not None:
             modules["image_encoder"] = towers.vision
         _check_widths(folder, family, modules)
+        lgm, lgm_source = _load_lgm(folder, family, set_aside)
+        if lgm is not None:
+            modules["lgm"] = lgm
         if len(tokenizer) > towers.text.config.vocab_size:
             raise WeightsError(f"{folder / TOKENIZER_DIR}: the tokenizer has {len(tokenizer)} tokens but "
                                f"{OPEN_CLIP_FILES[family]} only {towers.text.config.vocab_size} embeddings: they "
@@ -92,8 +97,21 @@ def _loader(family: str):
             torch.nn.Module.to(module, dtype=dtype).eval().requires_grad_(False)
         return families.ModelHandle(
             family=family, source=folder, modules=modules, device=device, dtype=dtype, is_smoke=is_smoke(folder),
-            extra={"tokenizer": tokenizer, "mode": mode, "num_views": NUM_VIEWS, "set_aside": len(set_aside)})
+            extra={"tokenizer": tokenizer, "mode": mode, "num_views": NUM_VIEWS, "set_aside": len(set_aside),
+                   "lgm_source": lgm_source})
     return load
+
+
+def _load_lgm(folder: Path, family: str, set_aside: dict):
+    """VideoMV's LGM (for the 3D-aware loop and the Gaussians output), strictly: the checkpoint's
+    ``lgm_big.*`` tensors, else the release's standalone :data:`LGM_FILE`; ``(None, why)`` if
+    neither is there. Returns ``(network or None, a sentence naming the source)``."""
+    if set_aside:
+        what = f"{folder / UNET_FILES[family]} (lgm_big.*)"
+        return load_lgm(set_aside, what=what), f"LGM from {what}"
+    if (folder / LGM_FILE).is_file():
+        return load_lgm(folder / LGM_FILE), f"LGM from {folder / LGM_FILE}"
+    return None, (f"no LGM: {UNET_FILES[family]} has no lgm_big.* tensors and {folder / LGM_FILE} is missing")
 
 
 def _check_widths(folder: Path, family: str, modules: dict) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 
 from ..nodes import runtime
 from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras
@@ -14,10 +15,14 @@ from ..nodes.clip import TransformersCLIPEmbedder
 from ..nodes.clip_text import TransformersCLIPTextEmbedder
 from ..nodes.errors import NodeInputError, check_image, check_mask
 from ..nodes.families import ModelHandle, check_model
+from ..nodes.gaussians import GaussianScene
+from ..nodes.splat_nodes import GAUSSIANS_TYPE
 from ..nodes.vae import SD_SCALING_FACTOR, DiffusersVAECodec
-from .family import FAMILIES, I2V, T2V
-from .pipeline import LATENT_DOWNSCALE, NEGATIVE_PROMPT, ViewSettings, generate, i2v_conditioning, orbit_cameras, \
-    square_image, t2v_conditioning
+from . import denoise_3d
+from .family import FAMILIES, I2V, LGM_FILE, MANUAL_DOWNLOAD, T2V
+from .lgm import to_gaussian_scene
+from .pipeline import LATENT_DOWNSCALE, NEGATIVE_PROMPT, Views, ViewSettings, generate, i2v_conditioning, \
+    orbit_cameras, square_image, t2v_conditioning
 from .prepare import prepare_object
 from .schedules import I2V as I2V_DEFAULTS, NUM_STEPS, NUM_VIEWS, RESOLUTION, T2V as T2V_DEFAULTS
 
@@ -67,21 +72,89 @@ def _settings(node: str, guidance: float, steps: int, seed: int, resolution: int
         raise NodeInputError(node, name, str(exc)) from None
 
 
-def _run(node: str, handle: ModelHandle, build_conditioning, cameras: CameraBatch, settings: ViewSettings):
+def _refine_steps(node: str, text, steps: int, enabled: bool) -> tuple:
+    """The ``denoise_3d_steps`` input: 0-based loop indices (comma or space separated integers),
+    each in ``0..steps-1`` when ``denoise_3d`` is on."""
+    expected = f"comma-separated 0-based step indices from 0 to {steps - 1}, e.g. '20, 30, 40' for 50 steps"
+    parts = [p for p in str(text).replace(",", " ").split() if p]
+    try:
+        indices = tuple(sorted(set(int(p) for p in parts)))
+    except ValueError:
+        raise NodeInputError(node, "denoise_3d_steps", f"is {text!r}, not a list of integers", expected) from None
+    if enabled:
+        if not indices:
+            raise NodeInputError(node, "denoise_3d_steps", "is empty", expected)
+        bad = [i for i in indices if not 0 <= i < steps]
+        if bad:
+            raise NodeInputError(node, "denoise_3d_steps", f"has {', '.join(map(str, bad))}, outside a "
+                                 f"{steps}-step run", expected)
+    return indices
+
+
+def _lgm_reconstructor(lgm, progress):
+    """LGM as :data:`.denoise_3d.Reconstruct` (Cancel inside its blocks; ``progress(1)`` per call)."""
+    def reconstruct(views):
+        param = next(lgm.parameters())
+        with runtime.interruptible(lgm):
+            gaussians = lgm.forward_gaussians(views.to(device=param.device, dtype=param.dtype)).float()
+        if progress is not None:
+            progress(1)
+        return [to_gaussian_scene(g) for g in gaussians]
+    return reconstruct
+
+
+def _empty_scene() -> GaussianScene:
+    """No Gaussians (no LGM to reconstruct with)."""
+    return GaussianScene(means=torch.zeros(0, 3), scales=torch.zeros(0, 3), rotations=torch.zeros(0, 4),
+                         opacities=torch.zeros(0), sh=torch.zeros(0, 1, 3))
+
+
+def _run(node: str, handle: ModelHandle, build_conditioning, cameras: CameraBatch, settings: ViewSettings,
+         use_3d: bool = False, refine_steps: tuple = denoise_3d.REFINE_STEPS):
     """Move the networks to the device, condition, sample and decode, with one progress bar
-    (sampling steps, then decoded views) that Cancel stops."""
+    (sampling steps, LGM passes, then decoded views) that Cancel stops; with ``use_3d`` the
+    3D-aware loop (:func:`.denoise_3d.sample_latents_3d`) at ``refine_steps``. Returns the
+    images, cameras, latent and Gaussians (of the last 3D-aware step, else LGM once on 4 views of
+    the result; empty without LGM)."""
     if handle.is_smoke:
         log.warning("%s: %s holds SMOKE weights (tiny, random): the views are noise.", node, handle.source)
+    lgm = handle.modules.get("lgm")
+    if use_3d and lgm is None:
+        raise NodeInputError(node, "denoise_3d", f"is on, but {handle.source} has no LGM "
+                             f"({handle.extra.get('lgm_source', 'no lgm_big.* tensors')})",
+                             f"off, or LGM's '{LGM_FILE}' from VideoMV's release zip in {handle.source} "
+                             f"({MANUAL_DOWNLOAD})")
     runtime.load_to_device(handle.modules.values(), handle.device)
     encoded = 1 if handle.extra["mode"] == "i2v" else 0  # the I2V image goes through the VAE encoder first
-    with runtime.Progress(encoded + settings.steps + len(cameras), node) as bar:
+    lgm_passes = 2 * len(refine_steps) if use_3d else (1 if lgm is not None else 0)
+    with runtime.Progress(encoded + settings.steps + lgm_passes + len(cameras), node) as bar:
         codec = DiffusersVAECodec(handle.modules["vae"], chunk_size=4, progress=bar.update)
         text = TransformersCLIPTextEmbedder(handle.modules["text_encoder"], handle.extra["tokenizer"])
         conditioning = build_conditioning(text, codec)
-        views = generate(handle.modules["unet"], handle.extra["mode"], conditioning, cameras, codec, settings,
-                         progress=bar.update)
+        quiet_codec = DiffusersVAECodec(handle.modules["vae"], chunk_size=4)  # the LGM passes' VAE work
+        reconstruct = None if lgm is None else _lgm_reconstructor(lgm, bar.update)
+        refine = denoise_3d.RefineSettings(background=denoise_3d.BACKGROUND[handle.extra["mode"]],
+                                           steps=tuple(refine_steps), input_size=settings.resolution,
+                                           render_size=2 * settings.resolution)
+        if use_3d:
+            x, scene = denoise_3d.sample_latents_3d(handle.modules["unet"], handle.extra["mode"], conditioning,
+                                                    cameras, settings, quiet_codec, reconstruct, refine,
+                                                    progress=bar.update)
+            latents = x[0].permute(1, 0, 2, 3).contiguous()
+            views = Views(images=codec.decode(latents), latents=latents, cameras=cameras)
+        else:
+            views = generate(handle.modules["unet"], handle.extra["mode"], conditioning, cameras, codec, settings,
+                             progress=bar.update)
+            scene = None
+            if reconstruct is not None:
+                scene = denoise_3d.reconstruct_views(views.latents.permute(1, 0, 2, 3)[None], quiet_codec, cameras,
+                                                     reconstruct, refine)
+    if scene is None:
+        log.warning("%s: %s; the 'gaussians' output is empty (install LGM's '%s' from VideoMV's release zip).",
+                    node, handle.extra.get("lgm_source", "no LGM"), LGM_FILE)
+        scene = _empty_scene()
     latent = {"samples": views.latents / SD_SCALING_FACTOR}  # ComfyUI LATENTs are unscaled VAE latents
-    return views.images, views.cameras, latent
+    return views.images, views.cameras, latent, scene
 
 
 def _shared_inputs(defaults) -> dict:
@@ -108,10 +181,21 @@ def _shared_inputs(defaults) -> dict:
 _OPTIONAL_CAMERAS = {"cameras": (CAMERA_TYPE, {"tooltip": "Explicit cameras instead of the default orbit (as many "
                                                          "as the network was trained on: 24), e.g. from 'CVS "
                                                          "VideoMV Orbit Cameras' with another start azimuth."})}
-_OUTPUTS = ("IMAGE", CAMERA_TYPE, "LATENT")
-_OUTPUT_NAMES = ("images", "cameras", "latent")
+_OPTIONAL_3D = {
+    "denoise_3d": ("BOOLEAN", {"default": False, "tooltip": "VideoMV's 3D-aware sampling: at the chosen steps, LGM "
+                               "reconstructs Gaussians from 4 views of the current x0 and the 24 renders replace "
+                               "it (about twice the cost on a GPU); off = the plain loop."}),
+    "denoise_3d_steps": ("STRING", {"default": ", ".join(map(str, denoise_3d.REFINE_STEPS)), "tooltip":
+                         "0-based loop indices of the 3D-aware steps, comma separated, each from 0 to steps-1 "
+                         "(VideoMV: 20, 30, 40 of a 50-step run); used when denoise_3d is on."}),
+}
+_OUTPUTS = ("IMAGE", CAMERA_TYPE, "LATENT", GAUSSIANS_TYPE)
+_OUTPUT_NAMES = ("images", "cameras", "latent", "gaussians")
 _OUTPUT_TIPS = ("The views [24, size, size, 3], in orbit order (azimuth 0, 15, ..., 345 degrees).", _CAMERAS_OUT,
-                "The views' latents (SD VAE space, one per view) for ComfyUI's VAE Decode or further sampling.")
+                "The views' latents (SD VAE space, one per view) for ComfyUI's VAE Decode or further sampling.",
+                "LGM's Gaussians (object at the origin, LGM's frame with view 0 on +z): with denoise_3d, the "
+                "conditional branch's of the last 3D-aware step, else LGM once on views 0, 6, 12, 18 of the "
+                "result; empty when the weights have no LGM. For 'CVS Save Splats' / 'CVS Render Splats'.")
 
 
 class CVS_VideoMVOrbitCameras:
@@ -234,19 +318,20 @@ class CVS_VideoMVTextToViews:
                            "The object to generate (English)."}),
                 **_shared_inputs(T2V_DEFAULTS),
             },
-            "optional": dict(_OPTIONAL_CAMERAS),
+            "optional": {**_OPTIONAL_CAMERAS, **_OPTIONAL_3D},
         }
 
     def generate(self, model, prompt, seed, steps, guidance, elevation, distance, resolution, negative_prompt,
-                 cameras=None):
+                 cameras=None, denoise_3d=False, denoise_3d_steps=_OPTIONAL_3D["denoise_3d_steps"][1]["default"]):
         node = self.DISPLAY_NAME
         handle = _check_mode(node, model, T2V)
         if not isinstance(prompt, str) or not prompt.strip():
             raise NodeInputError(node, "prompt", "is empty", "a description of the object, e.g. 'a red teapot'")
         settings = _settings(node, guidance, steps, seed, resolution)
+        refine_steps = _refine_steps(node, denoise_3d_steps, settings.steps, bool(denoise_3d))
         views = _view_cameras(node, handle, cameras, elevation, distance, resolution)
         return _run(node, handle, lambda text, codec: t2v_conditioning(text, prompt, negative_prompt), views,
-                    settings)
+                    settings, bool(denoise_3d), refine_steps)
 
 
 class CVS_VideoMVImageToViews:
@@ -270,24 +355,25 @@ class CVS_VideoMVImageToViews:
                                                "non-square image is centre-cropped."}),
                 **_shared_inputs(I2V_DEFAULTS),
             },
-            "optional": dict(_OPTIONAL_CAMERAS),
+            "optional": {**_OPTIONAL_CAMERAS, **_OPTIONAL_3D},
         }
 
     def generate(self, model, image, seed, steps, guidance, elevation, distance, resolution, negative_prompt,
-                 cameras=None):
+                 cameras=None, denoise_3d=False, denoise_3d_steps=_OPTIONAL_3D["denoise_3d_steps"][1]["default"]):
         node = self.DISPLAY_NAME
         handle = _check_mode(node, model, I2V)
         image = check_image(node, "image", image)
         if image.shape[0] != 1:
             raise NodeInputError(node, "image", f"has {image.shape[0]} images", "one object image")
         settings = _settings(node, guidance, steps, seed, resolution)
+        refine_steps = _refine_steps(node, denoise_3d_steps, settings.steps, bool(denoise_3d))
         views = _view_cameras(node, handle, cameras, elevation, distance, resolution)
         square = square_image(image.cpu(), resolution)
         embedder = TransformersCLIPEmbedder(handle.modules["image_encoder"], resize="bilinear")
 
         def conditioning(text, codec):
             return i2v_conditioning(text, embedder, codec, square, negative_prompt)
-        return _run(node, handle, conditioning, views, settings)
+        return _run(node, handle, conditioning, views, settings, bool(denoise_3d), refine_steps)
 
 
 _NODES = (CVS_VideoMVOrbitCameras, CVS_VideoMVPrepareImage, CVS_VideoMVTextToViews, CVS_VideoMVImageToViews)
