@@ -19,16 +19,6 @@ from consistent_video.videomv_nodes.lgm import LGM
 RES = 64
 
 
-@pytest.fixture(scope="module")
-def t2v(smoke_weights_dir):
-    return families.get(fam.T2V).load(smoke_weights_dir / fam.T2V, torch.device("cpu"), torch.float32)
-
-
-@pytest.fixture(scope="module")
-def i2v(smoke_weights_dir):
-    return families.get(fam.I2V).load(smoke_weights_dir / fam.I2V, torch.device("cpu"), torch.float32)
-
-
 def text_run(handle, steps=3, **kw):
     return N.CVS_VideoMVTextToViews().generate(handle, "a teapot", 0, steps, 9.0, 15.0, 2.0, RES,
                                                P.NEGATIVE_PROMPT, **kw)

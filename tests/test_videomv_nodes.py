@@ -21,16 +21,6 @@ from consistent_video.videomv_nodes.schedules import NUM_STEPS, i2v_scheduler, t
 RES = 64  # smoke resolution: 8x8 latents
 
 
-@pytest.fixture(scope="module")
-def t2v(smoke_weights_dir):
-    return families.get(fam.T2V).load(smoke_weights_dir / fam.T2V, torch.device("cpu"), torch.float32)
-
-
-@pytest.fixture(scope="module")
-def i2v(smoke_weights_dir):
-    return families.get(fam.I2V).load(smoke_weights_dir / fam.I2V, torch.device("cpu"), torch.float32)
-
-
 def object_image(height=80, width=100):
     """A random picture with a soft-edged square object and its alpha, as ComfyUI IMAGE / MASK."""
     gen = torch.Generator().manual_seed(3)
