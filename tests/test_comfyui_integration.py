@@ -367,25 +367,8 @@ def _api_prompt(path: Path, comfy: ComfyServer, work: Optional[dict] = None) -> 
     from consistent_video.nodes.runner import load_workflow
 
     prompt = load_workflow(path)
-    smoke_families = set()
-    for node_id, node in prompt.items():
-        if node["class_type"] != LOADER:
-            continue
-        inputs = node["inputs"]
-        family = inputs.get("family")
-        if family not in comfy.smoke_entries:
-            pytest.fail(f"{path.name}: loader #{node_id} asks for family {family!r}, which has no smoke "
-                        f"weights (smoke-weights wrote {sorted(comfy.smoke_entries)})")
-        inputs["weights"] = comfy.smoke_entries[family]
-        if "path" in inputs:
-            inputs["path"] = ""
-        smoke_families.add(family)
-    if not FULL_SIZE:
-        for node in prompt.values():
-            for family in smoke_families:
-                for name, value in families.get(family).smoke_overrides.get(node["class_type"], {}).items():
-                    if name in node["inputs"] and not isinstance(node["inputs"][name], list):
-                        node["inputs"][name] = value
+    for node_id, values in _smoke_widgets(comfy, prompt, path.name).items():
+        prompt[node_id]["inputs"].update(values)
     _set_ints(prompt, comfy.object_info(), work or {})
     return prompt
 
@@ -648,16 +631,24 @@ def test_frontend_reads_example_like_the_runner(frontend, workflow):
     assert not hidden_widgets(loaded["nodes"]), f"{workflow.name}: widgets hidden below their node {hidden_widgets(loaded['nodes'])}"
 
 
-def _smoke_widgets(comfy: ComfyServer, prompt: dict) -> dict:
-    """``{node_id: {widget: value}}`` that point the loaders at the smoke weights and apply
-    each family's ``smoke_overrides`` (a CPU-sized working resolution), as a user would set them."""
+def _smoke_widgets(comfy: ComfyServer, prompt: dict, where: str) -> dict:
+    """``{node_id: {input: value}}`` that point the loaders of ``prompt`` at the smoke weights
+    and apply each family's ``smoke_overrides`` (a CPU-sized working resolution; skipped with
+    CVS_COMFYUI_FULL_SIZE), as the demo does and as a user would set the widgets; links are
+    left alone. A loader of a family without smoke weights fails the test (``where`` names the file)."""
     values: dict = {}
     used = set()
     for node_id, node in prompt.items():
-        if node["class_type"] == LOADER:
-            family = node["inputs"]["family"]
-            values[node_id] = {"weights": comfy.smoke_entries[family], "path": ""}
-            used.add(family)
+        if node["class_type"] != LOADER:
+            continue
+        family = node["inputs"].get("family")
+        if family not in comfy.smoke_entries:
+            pytest.fail(f"{where}: loader #{node_id} asks for family {family!r}, which has no smoke "
+                        f"weights (smoke-weights wrote {sorted(comfy.smoke_entries)})")
+        values[node_id] = {"weights": comfy.smoke_entries[family]}
+        if "path" in node["inputs"]:
+            values[node_id]["path"] = ""
+        used.add(family)
     if not FULL_SIZE:
         for node_id, node in prompt.items():
             for family in used:
@@ -674,7 +665,7 @@ def test_frontend_runs_example_from_the_page(frontend, comfy, stem, tmp_path):
     node gets its preview, and the previews do not cover other nodes."""
     workflow = EXAMPLES_DIR / f"{stem}.json"
     loaded = _open_example(frontend, workflow)
-    missing = frontend.set_widgets(_smoke_widgets(comfy, loaded["prompt"]))
+    missing = frontend.set_widgets(_smoke_widgets(comfy, loaded["prompt"], workflow.name))
     assert not missing, f"{stem}: widgets not found in the frontend: {missing}"
     prompt_id = frontend.queue()
     entry = comfy.wait_history(prompt_id, WORKFLOW_TIMEOUT)
