@@ -27,6 +27,7 @@ DEPTH_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "depth_any
 ROOM = {"class_type": "CVS_LoadVideo", "inputs": {"video": "cvs_room.png"}, "_meta": {"title": "Load start image"}}
 PATH_ACTIONS = "turn_left 30, move_forward 0.5, turn_right 60, move_backward 0.5, turn_left 30"
 VIDEOMV_PROMPT = "a red ceramic teapot"
+TURNTABLE_VIEWS = 72  # 3 s at 24 fps
 V2V_PROMPT = "a person walking across a sunny hillside landscape"
 V2V_PATHS = {  # three overlapping camera paths from the video's own first camera (OpenCV: y down, z forward)
     "Turn 1: pan left": [{"position": [0, 0, 0], "look_at": [0, 0, 1]}, {"position": [0, 0, 0], "look_at": [-0.4, 0, 1]}],
@@ -194,6 +195,33 @@ EXAMPLES = {
                          "filename_prefix": "ConsistentVideo/videomv_turntable"},
               "_meta": {"title": "Save turntable video"}},
     },
+    # VideoMV from text with 3D-aware denoising: LGM's Gaussians replace x0 at three steps; the
+    # views, the Gaussians (.ply) and a turntable rendered from the Gaussians are saved.
+    "videomv_text_3d": {
+        "1": {"class_type": "CVS_ModelLoader", "inputs": {"family": "videomv_t2v"},
+              "_meta": {"title": "Load VideoMV (text, with LGM)"}},
+        "2": {"class_type": "CVS_VideoMVTextToViews",
+              "inputs": {"model": ["1", 0], "prompt": VIDEOMV_PROMPT, "denoise_3d": True},
+              "_meta": {"title": "VideoMV text to 24 views (3D-aware)"}},
+        "3": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["2", 0], "fps": "8", "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/videomv_3d_views"},
+              "_meta": {"title": "Save the 24 views"}},
+        "4": {"class_type": "CVS_SaveSplats",
+              "inputs": {"gaussians": ["2", 3], "filename_prefix": "ConsistentVideo/videomv_3d_splats"},
+              "_meta": {"title": "Save the Gaussians (.ply)"}},
+        "5": {"class_type": "CVS_VideoMVOrbitCameras",
+              "inputs": {"views": TURNTABLE_VIEWS, "elevation": 15.0, "distance": 2.0, "resolution": 512},
+              "_meta": {"title": "Turntable cameras (same orbit, finer)"}},
+        "6": {"class_type": "CVS_RenderSplats",
+              "inputs": {"gaussians": ["2", 3], "cameras": ["5", 0], "background_r": 0.5, "background_g": 0.5,
+                         "background_b": 0.5},
+              "_meta": {"title": "Render the Gaussians"}},
+        "7": {"class_type": "CVS_SaveVideo",
+              "inputs": {"images": ["6", 0], "fps": "24", "format": "h264-mp4",
+                         "filename_prefix": "ConsistentVideo/videomv_3d_turntable"},
+              "_meta": {"title": "Save the splat turntable"}},
+    },
     # VideoMV from an image: the object is cut out by its alpha and centred, then 24 views are
     # generated and saved as PNG frames with their cameras (nerfstudio transforms.json) for 3D reconstruction.
     "videomv_image_to_views": {
@@ -277,6 +305,12 @@ TEMPLATES = {
     "videomv_text_turntable": ("VideoMV - Text to turntable",
                                "**VideoMV from text.** 24 consistent views around the described object, saved as "
                                "a turntable video."),
+    "videomv_text_3d": ("VideoMV - Text to views, splats and splat turntable",
+                        "**VideoMV from text with 3D-aware denoising.** At three of the 50 steps LGM turns the "
+                        "current views into 3D Gaussians and their renders replace the prediction, so the 24 views "
+                        "agree in 3D. Saves the views, the Gaussians as a .ply, and a 72-frame turntable rendered "
+                        "from the Gaussians on the same orbit. Needs LGM's weights (lgm_big.* in the checkpoint, or "
+                        "model.safetensors from the release zip)."),
     "videomv_image_to_views": ("VideoMV - Image to 24 views",
                                "**VideoMV from one image.** The object is cut out by its alpha and centred on "
                                "white, then 24 views are generated and saved as PNG frames with their cameras "
@@ -343,6 +377,7 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
     obj = prepare_object_image(rgb, alpha, size=180, object_size=140)
     card = _prompt_card(VIDEOMV_PROMPT, 180, 180)
     for name, left, elevation, distance in (("videomv_text_turntable", card, 15.0, 2.0),
+                                            ("videomv_text_3d", card, 15.0, 2.0),
                                             ("videomv_image_to_views", obj, 5.0, 1.7)):
         orbit = render_camera_preview(orbit_cameras(24, elevation, distance), 320, 180, "perspective")[0]
         pictures[name] = torch.cat([left, torch.ones(180, 4, 3), orbit], dim=1)

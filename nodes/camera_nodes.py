@@ -120,7 +120,7 @@ class CVS_SaveCameras:
         except ValueError as exc:
             raise NodeInputError(node, "filename_prefix", str(exc)) from None
         camera_formats.save_cameras(cams, path, format)
-        return {"ui": {"text": [str(path)]}, "result": (str(path),)}
+        return {"ui": {"text": [str(path)], "cvs_files": [video_io.ui_entry(path)]}, "result": (str(path),)}
 
 
 class CVS_OrbitCameras:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .cameras import matrix_to_quaternion
+
 SH_C0 = 0.28209479177387814
 SH_C1 = 0.4886025119029199
 SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
@@ -118,6 +120,32 @@ class GaussianScene:
         """The same scene on another device."""
         return GaussianScene(self.means.to(device), self.scales.to(device), self.rotations.to(device),
                              self.opacities.to(device), self.sh.to(device))
+
+    def transformed(self, matrix: torch.Tensor) -> "GaussianScene":
+        """The scene moved by a rigid transform ``matrix [4,4]`` (``x' = R x + t``, ``R`` a proper
+        rotation): centres moved, local axes rotated (``q' = q_R * q``), scales and opacities kept.
+
+        Raises ``ValueError`` for a matrix that is not rigid (a scale, shear or mirror), and for
+        SH degree above 0 (rotating the higher bands is not implemented: their colours would
+        point the wrong way)."""
+        m = matrix.detach().to(torch.float64).cpu()
+        if m.shape != (4, 4):
+            raise ValueError(f"a scene transform must be [4,4]; got {list(m.shape)}")
+        rot = m[:3, :3]
+        if not (torch.allclose(rot @ rot.T, torch.eye(3, dtype=torch.float64), atol=1e-5)
+                and abs(float(torch.linalg.det(rot)) - 1.0) < 1e-5):
+            raise ValueError("a scene transform must be rigid (a proper rotation and a translation)")
+        if self.sh_degree:
+            raise ValueError(f"moving a scene with SH degree {self.sh_degree} needs its SH bands rotated; only "
+                             "degree 0 (plain colours) is supported")
+        means = (self.means.to(torch.float64) @ rot.to(self.device).T + m[:3, 3].to(self.device)).float()
+        q = matrix_to_quaternion(rot).to(torch.float64).to(self.device)
+        r = self.rotations.to(torch.float64)
+        w1, x1, y1, z1 = q.unbind(-1)
+        w2, x2, y2, z2 = r.unbind(-1)
+        rotations = torch.stack([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
+                                 w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2], -1)
+        return GaussianScene(means, self.scales, rotations.float(), self.opacities, self.sh)
 
     def select(self, index) -> "GaussianScene":
         """The Gaussians picked by ``index`` (slice, bool mask or index tensor) as a new scene."""

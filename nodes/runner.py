@@ -31,7 +31,7 @@ from .workflow_format import (WorkflowError, api_to_ui, input_specs, load_workfl
 __all__ = ["RunResult", "WorkflowError", "NodeExecutionError", "load_workflow", "api_to_ui",
            "parse_override", "apply_overrides", "find_node", "validate_prompt", "run_workflow"]
 
-_FILE_KEYS = ("images", "gifs", "videos")
+_FILE_KEYS = ("images", "gifs", "videos", "cvs_files")  # cvs_files: non-media files (.ply, .json)
 _COERCE = {"INT": int, "FLOAT": float, "STRING": str, "BOOLEAN": bool}
 
 
@@ -285,7 +285,7 @@ def _execute(node_id: str, prompt: dict, cls: type, values: dict) -> tuple[list[
 
 
 def _files(ui: Mapping) -> list[Path]:
-    """Output files named in a node's ``ui`` (``images``/``gifs``/``videos`` entries)."""
+    """Output files named in a node's ``ui`` (``images``/``gifs``/``videos``/``cvs_files`` entries)."""
     found = []
     for key in _FILE_KEYS:
         for entry in ui.get(key) or []:

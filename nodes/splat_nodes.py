@@ -147,7 +147,8 @@ class CVS_SaveSplats:
         except ValueError as exc:
             raise NodeInputError(node, "filename_prefix", str(exc)) from None
         save_ply(gaussians, path)
-        return {"ui": {"text": [f"{path} ({_summary(gaussians)})"]}, "result": (str(path),)}
+        return {"ui": {"text": [f"{path} ({_summary(gaussians)})"], "cvs_files": [video_io.ui_entry(path)]},
+                "result": (str(path),)}
 
 
 _NODES = (CVS_LoadSplats, CVS_RenderSplats, CVS_SaveSplats)

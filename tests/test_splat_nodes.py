@@ -86,6 +86,7 @@ def test_save_splats_writes_a_ply_that_loads_back(output_dir):
     result = CVS_SaveSplats().save(scene, "splats/room")
     path = result["result"][0]
     assert path.endswith("splats/room_00001.ply") and "Gaussians" in result["ui"]["text"][0]
+    assert result["ui"]["cvs_files"] == [{"filename": "room_00001.ply", "subfolder": "splats", "type": "output"}]
     again, _ = CVS_LoadSplats().load(path)
     torch.testing.assert_close(again.means, scene.means)
     torch.testing.assert_close(again.opacities, scene.opacities, rtol=1e-5, atol=1e-6)

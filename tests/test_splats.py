@@ -323,3 +323,22 @@ def test_scene_validation():
         GaussianScene(good.means, good.scales, good.rotations, good.opacities + 2, good.sh)
     with pytest.raises(ValueError, match="log scales"):
         GaussianScene(good.means, -good.scales, good.rotations, good.opacities, good.sh)
+
+
+def test_rigid_transform_moves_centres_and_rotates_axes():
+    from consistent_video.nodes.cameras import axis_angle_to_matrix, quaternion_to_matrix
+    scene = random_scene(50, seed=3)
+    m = torch.eye(4)
+    m[:3, :3] = axis_angle_to_matrix(torch.tensor([0.3, -0.5, 0.8]), 0.9)
+    m[:3, 3] = torch.tensor([1.0, -2.0, 0.5])
+    moved = scene.transformed(m)
+    torch.testing.assert_close(moved.means, scene.means @ m[:3, :3].T + m[:3, 3], atol=1e-5, rtol=0)
+    # each Gaussian's covariance R S^2 R^T turns with the scene: M R
+    torch.testing.assert_close(quaternion_to_matrix(moved.rotations), m[:3, :3] @ quaternion_to_matrix(scene.rotations),
+                               atol=1e-5, rtol=0)
+    assert torch.equal(moved.scales, scene.scales) and torch.equal(moved.opacities, scene.opacities)
+    mirror = torch.diag(torch.tensor([1.0, 1.0, -1.0, 1.0]))
+    with pytest.raises(ValueError, match="rigid"):
+        scene.transformed(mirror)
+    with pytest.raises(ValueError, match="SH degree 1"):
+        random_scene(5, sh_degree=1).transformed(m)

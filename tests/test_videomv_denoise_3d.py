@@ -295,3 +295,27 @@ def test_posterior_sample_encoder_samples():
         dist = vae.encode(images.permute(0, 3, 1, 2) * 2 - 1).latent_dist
         expected = dist.sample(torch.Generator().manual_seed(5)) * vae.config.scaling_factor
     torch.testing.assert_close(a, expected)
+
+
+def test_lgm_to_world_lines_up_view_0_and_centres_the_object():
+    cams = orbit_cameras(24, 15.0, 2.0)
+    poses = D.lgm_poses(cams)
+    T = D.lgm_to_world(cams).double()
+    render_cams = D.lgm_cameras(poses, 64)
+    # LGM's render camera of view 0, moved into the world, is the pack's camera 0
+    np.testing.assert_allclose((T @ render_cams.c2w[0].double()).numpy(), cams.c2w[0].double().numpy(), atol=1e-6)
+    # LGM's origin (the object's centre) lands on the orbit's centre, its y axis along the world's up
+    np.testing.assert_allclose(T[:3, 3].numpy(), np.zeros(3), atol=1e-6)
+    assert torch.linalg.det(T[:3, :3]).item() == pytest.approx(1.0)
+    # so a scene moved by T renders from camera 0 exactly as the LGM-frame scene from LGM's view 0
+    from consistent_video.nodes.splat_render import render
+    g = torch.Generator().manual_seed(0)
+    scene = GaussianScene(means=torch.rand(200, 3, generator=g) - 0.5, scales=torch.full((200, 3), 0.05),
+                          rotations=F.normalize(torch.randn(200, 4, generator=g), dim=-1),
+                          opacities=torch.full((200,), 0.8), sh=rgb_to_sh_dc(torch.rand(200, 3, generator=g))[:, None])
+    world_cams = CameraBatch(cams.c2w[:1], render_cams.K[:1], 64, 64)
+    lgm_view = render(scene, render_cams[0:1], background=(0.5,) * 3, near=0.2, backend="torch")[0]
+    world_view = render(scene.transformed(D.lgm_to_world(cams)), world_cams, background=(0.5,) * 3, near=0.2,
+                        backend="torch")[0]
+    assert (lgm_view - 0.5).abs().max() > 0.1  # the scene is in view
+    torch.testing.assert_close(world_view, lgm_view, atol=1e-4, rtol=0)

@@ -123,6 +123,24 @@ def lgm_poses(cams: CameraBatch) -> torch.Tensor:
     return (shift @ torch.linalg.inv(c2w[0]) @ c2w).float()
 
 
+def lgm_to_world(cams: CameraBatch) -> torch.Tensor:
+    """The rigid transform ``[4,4]`` float32 from LGM's normalised frame to the world of ``cams``.
+
+    ``T = C_0 G S^-1`` (``S = [I | (0, 0, d)]``, ``G = diag(1,-1,-1,1)``): it carries LGM's render
+    camera of view 0 (``P_0 G = S G``, :func:`lgm_cameras`) onto ``C_0``, so Gaussians moved by
+    ``T`` (:meth:`GaussianScene.transformed`) render from ``cams[0]`` exactly as LGM's view 0, LGM's
+    origin lands ``d`` in front of camera 0 (the orbit's centre, the world origin of a pack orbit)
+    and LGM's ``y`` axis along camera 0's up. The other views of the original's normalisation are
+    not a rigid image of the orbit (module docstring: read as OpenGL they look away from
+    ``(0, 0, 2d)``), so no single transform lines up all 24; view 0's is the one LGM's input is
+    anchored to.
+    """
+    c2w = cams.c2w.to(torch.float64)
+    inv_shift = torch.eye(4, dtype=torch.float64, device=c2w.device)
+    inv_shift[2, 3] = -c2w[0, :3, 3].norm()
+    return (c2w[0] @ _GL_FLIP.to(c2w.device) @ inv_shift).float()
+
+
 def lgm_cameras(poses: torch.Tensor, size: int, fov_deg: float = VIDEOMV_FOV_DEG) -> CameraBatch:
     """The cameras of LGM poses ``[N,4,4]`` (OpenGL) as a :class:`CameraBatch` (OpenCV, the
     COLMAP flip ``P G``), square ``size`` px with vertical field of view ``fov_deg``."""

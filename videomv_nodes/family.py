@@ -165,8 +165,10 @@ def _smoke_writer(family: str):
 
 
 # On a CPU the smoke demo samples 24 views at 64 x 64 pixels with a few steps.
-SMOKE_OVERRIDES = {node: {"resolution": 64, "steps": 3} for node in ("CVS_VideoMVTextToViews",
-                                                                     "CVS_VideoMVImageToViews")}
+# On a CPU: 64 px views, 3 steps (the 3D-aware one at loop index 1), a 12-view turntable at 64 px.
+SMOKE_OVERRIDES = {node: {"resolution": 64, "steps": 3, "denoise_3d_steps": "1"}
+                   for node in ("CVS_VideoMVTextToViews", "CVS_VideoMVImageToViews")}
+SMOKE_OVERRIDES["CVS_VideoMVOrbitCameras"] = {"views": 12, "resolution": 64}
 
 
 def _family(family: str, display_name: str) -> families.Family:

@@ -115,7 +115,7 @@ def _run(node: str, handle: ModelHandle, build_conditioning, cameras: CameraBatc
     (sampling steps, LGM passes, then decoded views) that Cancel stops; with ``use_3d`` the
     3D-aware loop (:func:`.denoise_3d.sample_latents_3d`) at ``refine_steps``. Returns the
     images, cameras, latent and Gaussians (of the last 3D-aware step, else LGM once on 4 views of
-    the result; empty without LGM)."""
+    the result; empty without LGM), moved into the cameras' world (:func:`.denoise_3d.lgm_to_world`)."""
     if handle.is_smoke:
         log.warning("%s: %s holds SMOKE weights (tiny, random): the views are noise.", node, handle.source)
     lgm = handle.modules.get("lgm")
@@ -153,6 +153,8 @@ def _run(node: str, handle: ModelHandle, build_conditioning, cameras: CameraBatc
         log.warning("%s: %s; the 'gaussians' output is empty (install LGM's '%s' from VideoMV's release zip).",
                     node, handle.extra.get("lgm_source", "no LGM"), LGM_FILE)
         scene = _empty_scene()
+    else:  # from LGM's normalised frame into the world of the cameras output (view 0 lines up exactly)
+        scene = scene.transformed(denoise_3d.lgm_to_world(cameras))
     latent = {"samples": views.latents / SD_SCALING_FACTOR}  # ComfyUI LATENTs are unscaled VAE latents
     return views.images, views.cameras, latent, scene
 
@@ -193,7 +195,8 @@ _OUTPUTS = ("IMAGE", CAMERA_TYPE, "LATENT", GAUSSIANS_TYPE)
 _OUTPUT_NAMES = ("images", "cameras", "latent", "gaussians")
 _OUTPUT_TIPS = ("The views [24, size, size, 3], in orbit order (azimuth 0, 15, ..., 345 degrees).", _CAMERAS_OUT,
                 "The views' latents (SD VAE space, one per view) for ComfyUI's VAE Decode or further sampling.",
-                "LGM's Gaussians (object at the origin, LGM's frame with view 0 on +z): with denoise_3d, the "
+                "LGM's Gaussians in the world of the 'cameras' output (the object at the orbit's centre; "
+                "rendered from camera 0 they give LGM's view 0): with denoise_3d, the "
                 "conditional branch's of the last 3D-aware step, else LGM once on views 0, 6, 12, 18 of the "
                 "result; empty when the weights have no LGM. For 'CVS Save Splats' / 'CVS Render Splats'.")
 
