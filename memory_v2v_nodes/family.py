@@ -24,7 +24,7 @@ import torch
 from ..nodes import families
 from ..nodes.weights import WeightsError, is_smoke, random_state
 from .model import ReCamMasterTransformer, config_for_release, load_transformer, to_original
-from .text import TEXT_FILES, load_text_encoder, write_smoke_text_encoder
+from .text import load_optional_text_encoder, write_smoke_text_encoder
 
 RECAMMASTER, RECAMMASTER_BF16 = "recammaster", "recammaster_bf16"
 FAMILIES = (RECAMMASTER, RECAMMASTER_BF16)
@@ -56,12 +56,8 @@ def _loader(family: str):
         modules = {"transformer": model}
         if all((folder / f).is_file() for f in VAE_FILES):
             modules["vae"] = load_vae(folder / "vae")
-        tokenizer = None
-        if all((folder / f).is_file() for f in TEXT_FILES):
-            text_encoder, tokenizer = load_text_encoder(folder)
-            if text_encoder.config.d_model != model.config.text_dim:
-                raise WeightsError(f"{folder}/text_encoder gives {text_encoder.config.d_model}-wide tokens; the DiT "
-                                   f"expects {model.config.text_dim}")
+        text_encoder, tokenizer = load_optional_text_encoder(folder, model.config.text_dim, "the DiT")
+        if text_encoder is not None:
             modules["text_encoder"] = text_encoder
         for name, module in modules.items():
             if name != "vae":  # the Wan VAE stays in float32 (its causal convolutions are sensitive)

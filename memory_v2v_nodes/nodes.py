@@ -24,7 +24,7 @@ from .adapters import load_adapters
 from .bank import BankFileError, NonFiniteTurn, VideoMemoryBank
 from .dinov2 import NAME as DINOV2, segment_descriptor
 from .family import FAMILIES, WAN_REPO
-from .memory_forward import SCALES, CallReport
+from .memory_forward import SCALES, CallReport, tokenizer_for_rank
 from .text import TEXT_LENGTH, encode_prompts, from_conditioning
 
 log = logging.getLogger("consistent_video")
@@ -60,13 +60,13 @@ class Source:
     settings: P.TurnSettings
 
 
-def _check_memory(node: str, value) -> VideoMemory:
+def check_memory(node: str, value) -> VideoMemory:
     if not isinstance(value, VideoMemory):
         raise NodeInputError(node, "memory", f"got {describe(value)}", f"a {MEMORY_TYPE} from 'CVS Video Memory'")
     return value
 
 
-def _read(node: str, memory: VideoMemory) -> VideoMemoryBank:
+def read_memory(node: str, memory: VideoMemory) -> VideoMemoryBank:
     """The memory's turns: none while its reset holds, else the file's."""
     if resetting(memory.reset, memory.path):
         return VideoMemoryBank()
@@ -77,12 +77,14 @@ def _read(node: str, memory: VideoMemory) -> VideoMemoryBank:
                              "a file written by 'CVS Video Memory' (turn on 'reset' there to start anew)") from None
 
 
-def _holds_nothing(path: Path) -> bool:
+def holds_nothing(path: Path) -> bool:
     return VideoMemoryBank.stored_turns(path) == 0
 
 
 def _summary(bank: VideoMemoryBank) -> str:
-    return f"{len(bank)} turn(s)" + "".join(f"\n  turn {i}: {len(t.cameras)} frames, {t.task}, '{t.prompt[:40]}'"
+    def where(t) -> str:
+        return "" if t.segment is None else f" (segment {t.segment} of video {t.video[:8]})"
+    return f"{len(bank)} turn(s)" + "".join(f"\n  turn {i}: {t.frames} frames, {t.task}{where(t)}, '{t.prompt[:40]}'"
                                             for i, t in enumerate(bank.turns))
 
 
@@ -117,7 +119,7 @@ class CVS_VideoMemory:
         memory = VideoMemory(name, path, ask_reset(path) if reset else None)
         note = (f"\nreset: the stored memory is kept as {name}.previous and replaced when the next turn is stored "
                 "(until then the file is unchanged)" if reset else "")
-        return memory, _summary(_read(node, memory)) + note
+        return memory, _summary(read_memory(node, memory)) + note
 
 
 class CVS_MemoryV2VEncodeSource:
@@ -166,7 +168,7 @@ class CVS_MemoryV2VEncodeSource:
         return Source(fitted, latent, settings), fitted
 
 
-def _text(node: str, handle: ModelHandle, prompt: str, negative: str, positive_cond, negative_cond) -> torch.Tensor:
+def text_tokens(node: str, handle: ModelHandle, prompt: str, negative: str, positive_cond, negative_cond) -> torch.Tensor:
     """``[2, 512, text_dim]``: conditional then unconditional tokens (CONDITIONING inputs win)."""
     width = handle.modules["transformer"].config.text_dim
     encoder = handle.modules.get("text_encoder")
@@ -190,8 +192,7 @@ def _text(node: str, handle: ModelHandle, prompt: str, negative: str, positive_c
 def _report_text(picked, report: CallReport, bank: VideoMemoryBank, how: str = "VideoFOV score") -> str:
     lines = [f"retrieved {len(picked)} of {len(bank)} turn(s)"]
     for rank, (index, score) in enumerate(picked):
-        tokenizer = "1x4x4" if rank < P.FINE_TOKENIZED else "1x8x8"
-        lines.append(f"  turn {index}: {how} {score:.3f}, tokenized {tokenizer}")
+        lines.append(f"  turn {index}: {how} {score:.3f}, tokenized {tokenizer_for_rank(rank)}")
     tokens = report.tokens
     lines.append(f"tokens: target {tokens.get('target', 0)}, user {tokens.get('user', 0)}, memory "
                  f"{tokens.get('memory', 0)}")
@@ -265,7 +266,7 @@ class CVS_MemoryV2VRerender:
                  merge_ratio, retrieval=RETRIEVAL[0], adapter_weights="", dinov2=None, positive=None, negative=None):
         node = self.DISPLAY_NAME
         handle = check_model(node, "model", model, FAMILIES)
-        memory = _check_memory(node, memory)
+        memory = check_memory(node, memory)
         if not isinstance(source, Source):
             raise NodeInputError(node, "source", f"got {describe(source)}",
                                  f"a {SOURCE_TYPE} from 'CVS Memory-V2V Encode Source'")
@@ -297,8 +298,8 @@ class CVS_MemoryV2VRerender:
                 adapters = load_adapters(Path(adapter_weights.strip()).expanduser(), handle.modules["transformer"])
             except WeightsError as exc:
                 raise NodeInputError(node, "adapter_weights", str(exc)) from None
-        bank = _read(node, memory)
-        text = _text(node, handle, prompt, negative_prompt, positive, negative)
+        bank = read_memory(node, memory)
+        text = text_tokens(node, handle, prompt, negative_prompt, positive, negative)
         if retrieval == RETRIEVAL[1]:
             picked, how = P.retrieve_by_appearance(bank, descriptor, settings.top_k), "DINOv2 cosine"
         else:
@@ -323,7 +324,7 @@ class CVS_MemoryV2VRerender:
             raise NodeInputError(node, "model", f"produced a turn with NaN or infinite values ({exc}); memory "
                                  f"'{memory.name}' is unchanged", "weights and settings that give finite latents "
                                  "(check the checkpoint, 'cfg' and 'adapter_weights')") from None
-        save_memory(memory.path, bank.save, keep_old=resetting(memory.reset, memory.path), empty=_holds_nothing)
+        save_memory(memory.path, bank.save, keep_old=resetting(memory.reset, memory.path), empty=holds_nothing)
         memory = VideoMemory(memory.name, memory.path)
         return video, cameras, memory, info + f"\nthe memory now holds {len(bank)} turn(s)"
 
@@ -351,16 +352,16 @@ class CVS_VideoMemoryPreview:
 
     def preview(self, memory, top_k, cameras=None):
         node = self.DISPLAY_NAME
-        bank = _read(node, _check_memory(node, memory))
+        bank = read_memory(node, check_memory(node, memory))
         lines = [_summary(bank)]
-        paths = [t.cameras for t in bank.turns]
+        paths = [t.cameras for t in bank.turns if t.cameras is not None]  # edit turns have no cameras
         if cameras is not None:
             cameras = check_cameras(node, "cameras", cameras)
             picked = P.retrieve(bank, cameras, P.TurnSettings(top_k=top_k))
             lines.append(f"a turn along this path would retrieve {len(picked)}:")
             for rank, (index, score) in enumerate(picked):
                 turn = bank.turns[index]
-                scale = SCALES["1x4x4" if rank < P.FINE_TOKENIZED else "1x8x8"]
+                scale = SCALES[tokenizer_for_rank(rank)]
                 _, frames, h, w = turn.latent.shape
                 tokens = frames * -(-h // (2 * scale)) * -(-w // (2 * scale))
                 lines.append(f"  turn {index}: score {score:.3f}, {tokens} tokens "

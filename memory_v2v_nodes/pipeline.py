@@ -34,12 +34,12 @@ from ..nodes import runtime
 from ..nodes.cameras import CameraBatch, relative_to
 from ..nodes.tensor_checks import module_place
 from .bank import Turn, VideoMemoryBank
-from .memory_forward import DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemoryVideo, denoise
+from .memory_forward import (DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemoryVideo, denoise,
+                             tokenizer_for_rank)
 from .retrieval import rank_by_appearance, rank_by_fov
 
 TEMPORAL_STRIDE = 4  # Wan VAE: 4 frames per latent frame after the first
 SPATIAL_STRIDE = 8
-FINE_TOKENIZED = 3  # the best-ranked memory videos at 1x4x4; the others at 1x8x8
 
 Progress = Optional[Callable[[int], None]]
 
@@ -83,13 +83,19 @@ def fit_video(video: torch.Tensor, settings: TurnSettings) -> torch.Tensor:
     if video.shape[0] < settings.frames:
         raise ValueError(f"the video has {video.shape[0]} frames; expected at least the {settings.frames} a turn "
                          "re-renders (or set 'frames' to 4k + 1 not above the video's length)")
-    x = video[:settings.frames].float().permute(0, 3, 1, 2)
-    scale = max(settings.width / x.shape[-1], settings.height / x.shape[-2])
-    size = (max(settings.height, round(x.shape[-2] * scale)), max(settings.width, round(x.shape[-1] * scale)))
+    return fit_size(video[:settings.frames], settings.width, settings.height)
+
+
+def fit_size(video: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """``[N,H,W,3]`` -> ``[N,height,width,3]`` float32 0..1: aspect-preserving resize (antialiased
+    bilinear) so the frame covers ``width x height``, then centre crop (never stretched)."""
+    x = video.float().permute(0, 3, 1, 2)
+    scale = max(width / x.shape[-1], height / x.shape[-2])
+    size = (max(height, round(x.shape[-2] * scale)), max(width, round(x.shape[-1] * scale)))
     if size != tuple(x.shape[-2:]):
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-    top, left = (size[0] - settings.height) // 2, (size[1] - settings.width) // 2
-    x = x[..., top:top + settings.height, left:left + settings.width]
+    top, left = (size[0] - height) // 2, (size[1] - width) // 2
+    x = x[..., top:top + height, left:left + width]
     return x.permute(0, 2, 3, 1).clamp(0, 1).contiguous()
 
 
@@ -158,9 +164,10 @@ def retrieve(bank: VideoMemoryBank, target: CameraBatch, settings: TurnSettings)
 
 
 def retrieve_by_appearance(bank: VideoMemoryBank, descriptor: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
-    """Top-k turns by DINOv2 similarity of their source segments to ``descriptor`` (``[D]``), the
-    most recent turn that has a descriptor always first (``[(turn index, cosine)]``)."""
-    candidates = [i for i, t in enumerate(bank.turns) if t.descriptor is not None
+    """Top-k re-render (camera) turns by DINOv2 similarity of their source videos to ``descriptor``
+    (``[D]``), the most recent such turn always first (``[(turn index, cosine)]``). Edit turns
+    (segments of a long video) are left to :func:`.segments.retrieve_segments`."""
+    candidates = [i for i, t in enumerate(bank.turns) if t.task == "camera" and t.descriptor is not None
                   and t.descriptor.shape == descriptor.shape]
     if not candidates or top_k == 0:
         return []
@@ -182,7 +189,7 @@ def memory_videos(bank: VideoMemoryBank, picked: Sequence[tuple[int, float]], la
                              f"{list(latent_shape)} (a memory holds one video size: reset it for another)")
         frames = (len(turn.cameras) - 1) // TEMPORAL_STRIDE * TEMPORAL_STRIDE + 1
         out.append(MemoryVideo(turn.latent.float(), camera_rows(turn.cameras[:frames], frames, target.c2w[0]),
-                               "1x4x4" if rank < FINE_TOKENIZED else "1x8x8"))
+                               tokenizer_for_rank(rank)))
     return out
 
 

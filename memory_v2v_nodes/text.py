@@ -43,6 +43,19 @@ def load_text_encoder(folder: Path):
     return model.eval().requires_grad_(False), tokenizer
 
 
+def load_optional_text_encoder(folder: Path, text_dim: int, owner: str):
+    """``(UMT5EncoderModel or None, tokenizer or None)``: the encoder when ``folder`` holds
+    ``text_encoder/`` and ``tokenizer/`` (prompts may come as CONDITIONING instead). Its width
+    must be ``text_dim``, the width ``owner`` (e.g. "the DiT") reads, else :class:`WeightsError`."""
+    if not all((Path(folder) / f).is_file() for f in TEXT_FILES):
+        return None, None
+    model, tokenizer = load_text_encoder(folder)
+    if model.config.d_model != text_dim:
+        raise WeightsError(f"{folder}/text_encoder gives {model.config.d_model}-wide tokens; {owner} expects "
+                           f"{text_dim}")
+    return model, tokenizer
+
+
 @torch.no_grad()
 def encode_prompts(model, tokenizer, prompts: Sequence[str], length: int = TEXT_LENGTH) -> torch.Tensor:
     """``[N, length, dim]`` float32 on the CPU, tokens past each prompt's length zeroed (module doc)."""
