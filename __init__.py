@@ -13,10 +13,11 @@ from .vmem_nodes import nodes as vmem_node_defs  # also registers the VMem, SEVA
 from .vmem_nodes import navigate_nodes as vmem_navigate_defs
 from .videomv_nodes import nodes as videomv_node_defs  # also registers the VideoMV T2V and I2V families
 from .memory_v2v_nodes import nodes as memory_v2v_node_defs  # also registers the ReCamMaster families
+from .memory_v2v_nodes import edit_nodes as memory_v2v_edit_defs  # also registers the LucyEdit family
 from .videoscene_nodes import nodes as videoscene_node_defs  # also registers the VideoScene family
 
 _NODE_MODULES = (loader_nodes, video_nodes, camera_nodes, splat_nodes, gvm_node_defs, vmem_node_defs, vmem_navigate_defs,
-                 videomv_node_defs, memory_v2v_node_defs, videoscene_node_defs)
+                 videomv_node_defs, memory_v2v_node_defs, memory_v2v_edit_defs, videoscene_node_defs)
 
 NODE_CLASS_MAPPINGS: dict = {}
 NODE_DISPLAY_NAME_MAPPINGS: dict = {}

@@ -36,6 +36,34 @@ V2V_PATHS = {  # three overlapping camera paths from the video's own first camer
                                {"position": [0, 0, 0], "look_at": [-0.2, 0, 1]}],
 }
 
+EDIT_PROMPT = "Change the walking figure into a knight in shining silver armour"
+EDIT_SEGMENTS = (17, 4)  # segment length (4k + 1) and overlap for the 48-frame sample clip: 4 segments
+
+
+def _memory_v2v_edit_segments() -> dict:
+    """The sample clip edited in overlapping segments with LucyEdit, each conditioned on the earlier ones, stitched."""
+    return {
+        "1": {"class_type": "CVS_ModelLoader", "inputs": {"family": "lucyedit"}, "_meta": {"title": "Load LucyEdit"}},
+        "2": {"class_type": "CVS_ModelLoader", "inputs": {"family": "dinov2"}, "_meta": {"title": "Load DINOv2"}},
+        "3": SAMPLE,
+        "4": {"class_type": "CVS_SplitVideoSegments",
+              "inputs": {"video": ["3", 0], "segment_length": EDIT_SEGMENTS[0], "overlap": EDIT_SEGMENTS[1]},
+              "_meta": {"title": "Split into 17-frame segments"}},
+        "5": {"class_type": "CVS_VideoMemory", "inputs": {"name": "v2v_edit_segments", "reset": True},
+              "_meta": {"title": "Video memory (new each run)"}},
+        "6": {"class_type": "CVS_MemoryV2VEditSegments",
+              "inputs": {"model": ["1", 0], "memory": ["5", 0], "segments": ["4", 0], "dinov2": ["2", 0],
+                         "prompt": EDIT_PROMPT, "run": "all remaining segments"},
+              "_meta": {"title": "Edit every segment with memory"}},
+        "7": {"class_type": "CVS_StitchEditedSegments",
+              "inputs": {"model": ["1", 0], "memory": ["6", 1], "segments": ["4", 0]},
+              "_meta": {"title": "Stitch with cross-fades"}},
+        "8": {"class_type": "CVS_SaveVideo", "inputs": {"images": ["7", 0], "fps": ["3", 3], "format": "h264-mp4",
+                                                        "filename_prefix": "ConsistentVideo/v2v_edited"},
+              "_meta": {"title": "Save the edited video"}},
+    }
+
+
 SPLAT_PATH = [{"position": [-0.9, -0.45, -2.4], "look_at": [0, 0.2, 0.6]},  # around the bundled splat room
               {"position": [0.9, -0.45, -2.4], "look_at": [0, 0.2, 0.6]}]
 VIDEOSCENE_LOADER = {"class_type": "CVS_ModelLoader", "inputs": {"family": "videoscene"},
@@ -245,6 +273,9 @@ EXAMPLES = {
     # Memory-V2V: the same video re-rendered three times along overlapping paths; every turn is
     # conditioned on the earlier turns that saw the same directions.
     "memory_v2v_three_turns": _memory_v2v_three_turns(),
+    # Memory-V2V long-video editing: the clip split into overlapping segments, each edited by LucyEdit
+    # conditioned on the earlier edited segments (DINOv2 retrieval, the previous one first), stitched.
+    "memory_v2v_edit_segments": _memory_v2v_edit_segments(),
     # VideoScene from two photos of one place: NoPoSplat -> poses -> path -> render -> one-step refine.
     "videoscene_two_photos": _videoscene_two_photos(),
     # VideoScene: Gaussian splats rendered along an eased path between two views (the coarse
@@ -319,6 +350,12 @@ TEMPLATES = {
                                "**Memory-V2V: three re-render turns of one video.** Each turn follows another "
                                "camera path; every turn is conditioned on the earlier turns that saw the same "
                                "directions, retrieved from the video memory."),
+    "memory_v2v_edit_segments": ("Memory-V2V - Edit a long video in segments",
+                                 "**Memory-V2V: text editing of a long video.** The clip is split into overlapping "
+                                 "17-frame segments; LucyEdit edits them in order, each conditioned on the earlier "
+                                 "edited segments that look most alike (the previous one always first), so the edit "
+                                 "stays the same along the video; the segments are stitched with cross-fades. Set "
+                                 "`run` to 'next segment' to edit one segment per queue run."),
     "videoscene_splats_to_video": ("VideoScene - Splats to video",
                                    "**VideoScene from Gaussian splats.** The bundled splat room rendered along an "
                                    "eased path between two views (the coarse render), then refined in one network "
@@ -388,6 +425,7 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
     from consistent_video.nodes.cameras import CameraBatch
     preview = render_camera_preview(CameraBatch.cat(paths), 320, 180, "top", frustum_size=0.15)[0]
     pictures["memory_v2v_three_turns"] = torch.cat([frame, torch.ones(180, 4, 3), preview], dim=1)
+    pictures["memory_v2v_edit_segments"] = torch.cat([frame, torch.ones(180, 4, 3), _segment_strip(frames)], dim=1)
     # VideoScene: the coarse splat render at the path's start | the path from above (or the clip)
     from make_assets import splat_scene
     from consistent_video.nodes.splat_render import render
@@ -404,6 +442,25 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
         (270, 180), Image.BILINEAR), dtype=np.float32) / 255.0) for name in PHOTOS]
     pictures["videoscene_two_photos"] = torch.cat([photos[0], torch.ones(180, 4, 3), photos[1]], dim=1)
     return pictures
+
+
+def _segment_strip(frames: "torch.Tensor") -> "torch.Tensor":
+    """``[180,320,3]``: the clip's segments as bars over a frame timeline (overlaps darker), with one
+    thumbnail frame per segment."""
+    import torch
+    from consistent_video.memory_v2v_nodes.segments import plan_segments
+    total = frames.shape[0]
+    spans = plan_segments(total, *EDIT_SEGMENTS)
+    out = torch.ones(180, 320, 3)
+    colours = torch.tensor([[0.85, 0.35, 0.3], [0.3, 0.6, 0.85], [0.4, 0.75, 0.4], [0.9, 0.7, 0.25]])
+    for i, (start, end) in enumerate(spans):
+        x0, x1 = round(10 + 300 * start / total), round(10 + 300 * end / total)
+        y0 = 20 + 22 * i
+        out[y0:y0 + 16, x0:x1] = colours[i % len(colours)]
+        thumb = torch.nn.functional.interpolate(frames[(start + end) // 2].permute(2, 0, 1)[None], size=(36, 64),
+                                                mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
+        out[120:156, 10 + 78 * i:74 + 78 * i] = thumb
+    return out
 
 
 def _prompt_card(text: str, width: int, height: int) -> "torch.Tensor":

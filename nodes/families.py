@@ -67,6 +67,9 @@ class Family:
     where and how to get the files (a sentence, shown in "weights not found" errors), and
     ``default_entry`` the folder name that download unpacks to under ``models/<models_folder>/``.
     A ``repo_id`` given by the user is still downloaded from Hugging Face.
+    ``download_patterns``: extra glob patterns fetched with ``files`` when the loader downloads
+    the release (parts whose file names vary, e.g. a sharded or single-file transformer); the
+    loader itself checks them and names what is missing.
     """
 
     name: str
@@ -81,6 +84,7 @@ class Family:
     models_folder: str = ""
     manual_download: str = ""
     default_entry: str = ""
+    download_patterns: tuple[str, ...] = ()
 
     @property
     def folder_name(self) -> str:

@@ -152,7 +152,7 @@ def _resolve(family: Family, entry: str, path: str, repo_id: str, allow_download
         raise WeightsError("offline (HF_HUB_OFFLINE=1) and no weights found.\n" + _expected_layout(family, target))
     try:
         from huggingface_hub import snapshot_download
-        snapshot_download(repo_id=repo, local_dir=str(target), allow_patterns=list(family.files))
+        snapshot_download(repo_id=repo, local_dir=str(target), allow_patterns=list(family.files) + list(family.download_patterns))
     except Exception as exc:  # no network, no such repo, gated, ...
         raise WeightsError(f"could not download '{repo}' ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}).\n"
                            + _expected_layout(family, target)) from exc

@@ -23,8 +23,9 @@ FAMILY_OF = {  # target node -> the model family its 'model' input takes
     "CVS_VideoMVTextToViews": "videomv_t2v", "CVS_VideoMVImageToViews": "videomv_i2v",
     "CVS_MemoryV2VEncodeSource": "recammaster", "CVS_MemoryV2VRerender": "recammaster",
     "CVS_VideoSceneRefine": "videoscene", "CVS_VideoSceneTwoPhotos": "noposplat",
+    "CVS_MemoryV2VEditSegments": "lucyedit", "CVS_StitchEditedSegments": "lucyedit", "CVS_LucyEditEdit": "lucyedit",
 }
-DEPTH_FAMILY = "depth_anything_v2"
+INPUT_FAMILY = {"depth_model": "depth_anything_v2", "dinov2": "dinov2"}  # model inputs named for their family
 
 
 @dataclass
@@ -62,7 +63,7 @@ class Graph:
     def provide(self, kind: str, target_class: str, input_name: str) -> Optional[list]:
         """A link of type ``kind`` for ``input_name`` of ``target_class`` (None: leave it out)."""
         if kind == "CVS_MODEL":
-            family = DEPTH_FAMILY if input_name == "depth_model" else FAMILY_OF.get(target_class)
+            family = INPUT_FAMILY.get(input_name) or FAMILY_OF.get(target_class)
             return self.loader(family) if family else None
         if kind == "IMAGE":
             return [self.add("CVS_LoadVideo", {"video": "cvs_sample.mp4", "start_frame": 0, "end_frame": -1,
@@ -81,6 +82,9 @@ class Graph:
             return [self.add("CVS_LoadSplats", {"ply": "cvs_scene.ply"}), 0]
         if kind == "VIDEO":
             return [self.add("CVS_ImagesToVideo", {"images": self.provide("IMAGE", "", ""), "fps": "8"}), 0]
+        if kind == "CVS_VIDEO_SEGMENTS":
+            return [self.add("CVS_SplitVideoSegments", {"video": self.provide("IMAGE", "", ""), "segment_length": 5,
+                                                        "overlap": 2}), 0]
         if kind == "CVS_V2V_SOURCE":
             return [self.add("CVS_MemoryV2VEncodeSource", {"model": self.loader("recammaster"),
                                                            "video": self.provide("IMAGE", "", ""),
@@ -103,6 +107,9 @@ WORKING = {
     "CVS_VideoMVTextToViews": {"resolution": 64, "steps": 2},
     "CVS_VideoMVImageToViews": {"resolution": 64, "steps": 2},
     "CVS_MemoryV2VRerender": {"steps": 1},
+    "CVS_MemoryV2VEditSegments": {"steps": 1, "width": 64, "height": 64},
+    "CVS_LucyEditEdit": {"steps": 1, "width": 64, "height": 64, "frames": 5},
+    "CVS_SplitVideoSegments": {"segment_length": 5, "overlap": 2},
 }
 OPTIONAL_LINKS = {"CVS_SaveVideo": ("images",), "CVS_VMemNavigate": ("image",), "CVS_VMemWalk": ("image",)}
 """Optional link inputs a node needs to do its job here (connected like the required ones)."""
@@ -257,6 +264,14 @@ def hand_cases(node_classes: dict, smoke_entry: str) -> list[Case]:
         case("Camera preview: 8 px wide", "CVS_CameraPreview", "width", {"width": 8}),
         case("Memory-V2V: NaN cfg twice into the memory", "CVS_MemoryV2VRerender", "cfg", {"cfg": math.nan},
              repeat=2),
+        case("Split segments: a segment longer than the video", "CVS_SplitVideoSegments", "segment_length",
+             {"segment_length": 81}),
+        case("Split segments: overlap as long as a segment", "CVS_SplitVideoSegments", "overlap", {"overlap": 5}),
+        case("Edit segments: width not a multiple of 32", "CVS_MemoryV2VEditSegments", "width", {"width": 48}),
+        case("Edit segments: NaN cfg twice into the memory", "CVS_MemoryV2VEditSegments", "cfg", {"cfg": math.nan},
+             repeat=2),
+        case("LucyEdit: more frames than the video", "CVS_LucyEditEdit", "video", {"frames": 81}),
+        case("Stitch: no edited segment of this video", "CVS_StitchEditedSegments", "memory"),
     ]
     # A new walk from a 1x1 start image (the start image of a walk that has begun is not used).
     start = next(c for c in cases if c.name.startswith("VMem navigate: 1x1"))

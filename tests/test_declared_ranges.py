@@ -16,6 +16,7 @@ import torch
 import consistent_video
 from consistent_video.gvm_nodes import nodes as gvm_nodes
 from consistent_video.memory_v2v_nodes import nodes as v2v_nodes
+from consistent_video.memory_v2v_nodes import edit_pipeline as v2v_edit_pipeline
 from consistent_video.memory_v2v_nodes import pipeline as v2v_pipeline
 from consistent_video.nodes import camera_formats, trajectories, video_io, video_nodes
 from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov
@@ -42,6 +43,7 @@ DEPENDENT = {
     **{(node, name): "cross-field: overlap < frames_per_window, clamp_low < clamp_high (with clamp on)"
        for node in ("CVS_GVMMatte", "CVS_GVMMatteVideoFile")
        for name in ("frames_per_window", "overlap", "clamp_low", "clamp_high")},
+    ("CVS_SplitVideoSegments", "overlap"): "cross-field: overlap < segment_length",
 }
 
 
@@ -129,6 +131,15 @@ def _v2v_turn(node_id, name, value):
     v2v_pipeline.TurnSettings(**{k: v[k] for k in keys})
 
 
+def _v2v_edit(node_id, name, value):
+    """What the LucyEdit nodes check before they encode or sample (``EditSettings``; frames 4k + 1)."""
+    v = defaults(NODES[node_id], **{name: value})
+    v2v_edit_pipeline.EditSettings(**{k: v[k] for k in ("steps", "cfg", "seed", "width", "height")},
+                                   **{k: v[k] for k in ("top_k", "merge_ratio") if k in v})
+    if "frames" in v:
+        assert (v["frames"] - 1) % 4 == 0
+
+
 def _videoscene(request, name, value):
     """VideoScene Refine checks the timestep before the conditioning images: a wrong
     ``first_image`` stops it right after (the seed has no limit to check)."""
@@ -185,6 +196,9 @@ def run_checks(node_id, name, value, things, monkeypatch, request):
         "CVS_VideoMVImageToViews": lambda: _videomv(node_id, name, value),
         "CVS_MemoryV2VEncodeSource": lambda: _v2v_turn(node_id, name, value),
         "CVS_MemoryV2VRerender": lambda: _v2v_turn(node_id, name, value),
+        "CVS_SplitVideoSegments": lambda: call(cls, video=torch.rand(1001, 2, 2, 3), **{"overlap": 0, **over}),
+        "CVS_MemoryV2VEditSegments": lambda: _v2v_edit(node_id, name, value),
+        "CVS_LucyEditEdit": lambda: _v2v_edit(node_id, name, value),
         "CVS_VideoSceneRefine": lambda: _videoscene(request, name, value),
         "CVS_VideoSceneTwoPhotos": lambda: _two_photos(name, value),
     }
