@@ -7,22 +7,20 @@ and text handling are shared with the re-render nodes (:mod:`.nodes`).
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 
 from ..nodes import runtime
-from ..nodes.errors import NodeInputError, check_image, describe
+from ..nodes.errors import NodeInputError, check_image, describe, input_error
 from ..nodes.families import check_model
 from ..nodes.state_files import always_rerun, resetting, save_memory
-from ..nodes.weights import WeightsError
 from . import edit_pipeline as E
 from . import lucy_family
-from .adapters import load_adapters
 from .bank import NonFiniteTurn
 from .dinov2 import NAME as DINOV2, segment_descriptor
 from .memory_forward import CallReport, tokenizer_for_rank
-from .nodes import (CATEGORY, MEMORY_TYPE, VideoMemory, check_memory, holds_nothing, read_memory, text_tokens)
+from .nodes import (CATEGORY, MEMORY_TYPE, VideoMemory, adapters_input, check_memory, holds_nothing, read_memory,
+                    text_tokens)
 from .pipeline import fit_size
 from .segments import SegmentPlan, edited_turns, next_segment, retrieve_segments, stitch
 
@@ -49,26 +47,21 @@ def _check_plan(node: str, value) -> SegmentPlan:
     return value
 
 
+_SIZE_EXPECTED = f"a multiple of {E.SIZE_MULTIPLE} px (LucyEdit's default: 832 x 480)"
+_SETTING_EXPECTED = {"steps": "at least 1 step", "width": _SIZE_EXPECTED, "height": _SIZE_EXPECTED,
+                     "top_k": "0 or more earlier segments", "merge_ratio": "a fraction from 0 to 1"}
+
+
 def _settings(node: str, **values) -> E.EditSettings:
     try:
         return E.EditSettings(**values)
     except ValueError as exc:
-        name = next((n for n in values if str(exc).startswith(n)), "steps")
-        raise NodeInputError(node, name, str(exc)) from None
+        raise input_error(node, exc, _SETTING_EXPECTED) from None
 
 
 def _lucy(node: str, model):
     handle = check_model(node, "model", model, lucy_family.NAME)
     return handle, handle.modules["transformer"]
-
-
-def _adapters(node: str, text: str, transformer):
-    if not text or not text.strip():
-        return None
-    try:
-        return load_adapters(Path(text.strip()).expanduser(), transformer)
-    except WeightsError as exc:
-        raise NodeInputError(node, "adapter_weights", str(exc)) from None
 
 
 def _sampling_inputs(defaults: E.EditSettings) -> dict:
@@ -128,9 +121,10 @@ class CVS_SplitVideoSegments:
         try:
             plan = SegmentPlan.create(video, segment_length, overlap)
         except ValueError as exc:
-            text = str(exc)
-            name = "overlap" if text.startswith("overlap") else "video" if "frames must" in text else "segment_length"
-            raise NodeInputError(node, name, text) from None
+            raise input_error(node, exc, {
+                "segment_length": f"4k + 1 frames, at most the video's {video.shape[0]}",
+                "overlap": f"0 to {max(segment_length - 1, 0)} frames (fewer than segment_length)",
+                "video": "a video of at least 1 frame"}, aliases={"length": "segment_length", "frames": "video"}) from None
         spans = ", ".join(f"{a}-{b - 1}" for a, b in plan.spans)
         return plan, plan.count, f"{plan.count} segment(s) of {segment_length} frames over {video.shape[0]}: {spans}"
 
@@ -192,7 +186,7 @@ class CVS_MemoryV2VEditSegments:
                              merge_ratio=merge_ratio)
         if run not in RUN_MODES:
             raise NodeInputError(node, "run", f"is {run!r}", f"one of {', '.join(RUN_MODES)}")
-        adapters = _adapters(node, adapter_weights, transformer)
+        adapters = adapters_input(node, adapter_weights, transformer)
         bank = read_memory(node, memory)
         try:
             first = next_segment(bank, plan.fingerprint, plan.count)

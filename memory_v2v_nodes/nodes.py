@@ -15,7 +15,7 @@ import torch
 from ..nodes import runtime
 from ..nodes.camera_preview import render_camera_preview
 from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras
-from ..nodes.errors import NodeInputError, check_image, describe
+from ..nodes.errors import NodeInputError, check_image, describe, input_error
 from ..nodes.families import ModelHandle, check_model
 from ..nodes.state_files import PendingReset, always_rerun, ask_reset, check_name, resetting, save_memory, state_path
 from . import pipeline as P
@@ -34,6 +34,7 @@ MEMORY_TYPE = "CVS_VIDEO_MEMORY"
 SOURCE_TYPE = "CVS_V2V_SOURCE"
 FOLDER = "cvs_video_memory"
 _T = P.TurnSettings()
+_SIZE_EXPECTED = "a multiple of 16 px (ReCamMaster's default: 832 x 480)"
 RETRIEVAL = ("camera (VideoFOV)", "appearance (DINOv2)")
 
 
@@ -58,6 +59,18 @@ class Source:
     frames: torch.Tensor
     latent: torch.Tensor
     settings: P.TurnSettings
+
+
+def adapters_input(node: str, text: str, transformer):
+    """The trained Memory-V2V adapters named by a node's ``adapter_weights`` input for
+    ``transformer`` (:func:`.adapters.load_adapters`), ``None`` when the input is empty."""
+    if not text or not text.strip():
+        return None
+    try:
+        return load_adapters(Path(text.strip()).expanduser(), transformer)
+    except WeightsError as exc:
+        raise NodeInputError(node, "adapter_weights", str(exc), "empty (parameter-free defaults) or a Memory-V2V "
+                             "adapter .safetensors made for this model") from None
 
 
 def check_memory(node: str, value) -> VideoMemory:
@@ -152,8 +165,8 @@ class CVS_MemoryV2VEncodeSource:
         try:
             settings = P.TurnSettings(frames=frames, width=width, height=height)
         except ValueError as exc:
-            name = next((n for n in ("frames", "width", "height") if str(exc).startswith(n)), "frames")
-            raise NodeInputError(node, name, str(exc)) from None
+            raise input_error(node, exc, {"frames": "4k + 1 frames, e.g. 81", "width": _SIZE_EXPECTED,
+                                          "height": _SIZE_EXPECTED}) from None
         try:
             fitted = P.fit_video(video, settings)
         except ValueError as exc:
@@ -279,7 +292,7 @@ class CVS_MemoryV2VRerender:
             settings = P.TurnSettings(steps=steps, cfg=cfg, seed=seed, frames=base.frames, width=base.width,
                                       height=base.height, top_k=top_k, merge_ratio=merge_ratio)
         except ValueError as exc:
-            raise NodeInputError(node, "steps" if "steps" in str(exc) else "top_k", str(exc)) from None
+            raise input_error(node, exc, {"steps": "at least 1 step", "top_k": "0 or more earlier turns"}) from None
         if "vae" not in handle.modules:
             raise NodeInputError(node, "model", f"{handle.source} has no vae/ folder", "the Wan VAE in vae/")
         if retrieval not in RETRIEVAL:
@@ -292,12 +305,7 @@ class CVS_MemoryV2VRerender:
         elif retrieval == RETRIEVAL[1]:
             raise NodeInputError(node, "dinov2", "is not connected but retrieval is by appearance",
                                  "a DINOv2 model (family dinov2), or retrieval by camera")
-        adapters = None
-        if adapter_weights and adapter_weights.strip():
-            try:
-                adapters = load_adapters(Path(adapter_weights.strip()).expanduser(), handle.modules["transformer"])
-            except WeightsError as exc:
-                raise NodeInputError(node, "adapter_weights", str(exc)) from None
+        adapters = adapters_input(node, adapter_weights, handle.modules["transformer"])
         bank = read_memory(node, memory)
         text = text_tokens(node, handle, prompt, negative_prompt, positive, negative)
         if retrieval == RETRIEVAL[1]:

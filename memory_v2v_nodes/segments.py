@@ -62,8 +62,7 @@ def plan_segments(frames: int, length: int, overlap: int) -> list[tuple[int, int
     if overlap >= length:
         raise ValueError(f"overlap must be smaller than the segment length {length}; got {overlap}")
     if length > frames:
-        raise ValueError(f"length {length} is a segment longer than the video ({frames} frames); expected a "
-                         f"length of at most {frames} (4k + 1)")
+        raise ValueError(f"length {length} makes a segment longer than the video ({frames} frames)")
     stride = length - overlap
     starts = [0]
     while starts[-1] + length < frames:

@@ -5,7 +5,7 @@ read best when the message says *which node*, *which input* and *what was expect
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Optional
 
 import torch
 
@@ -19,6 +19,23 @@ class NodeInputError(ValueError):
         if expected:
             msg += f"; expected {expected}"
         super().__init__(msg)
+
+
+def input_error(node: str, exc: Exception, expected: Mapping[str, str],
+                aliases: Optional[Mapping[str, str]] = None) -> NodeInputError:
+    """A core check's ``ValueError`` as a :class:`NodeInputError` for the input it names.
+
+    The core's text starts with a parameter name (``"overlap must be ...; got 5"``); ``aliases``
+    maps core names to the node's input names where they differ (``{"length": "segment_length"}``).
+    ``expected`` maps the node's input names to what each accepts; its first name is used when
+    the text starts with none of them.
+    """
+    text = str(exc)
+    names = {**{n: n for n in expected}, **(aliases or {})}
+    core = next((n for n in names if text.startswith(n + " ")), None)
+    name = names[core] if core else next(iter(expected))
+    problem = text[len(core) + 1:] if core else text
+    return NodeInputError(node, name, problem, expected[name])
 
 
 def describe(value: Any) -> str:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import consistent_video
-from consistent_video.nodes.errors import NodeInputError
+from consistent_video.nodes.errors import NodeInputError, input_error
 from consistent_video.nodes.runner import load_workflow
 from consistent_video.nodes.workflow_format import input_specs, is_ui_format
 
@@ -84,6 +84,18 @@ def test_the_float_guard_reads_positional_arguments_and_wraps_once():
     assert guard_float_inputs(CVS_SurfelMemory, "again").open is function
     with pytest.raises(NodeInputError, match=r"^CVS Surfel Memory: input 'radius_scale' is nan"):
         CVS_SurfelMemory().open("walk", False, 8, 1.0, float("nan"), 0.6)
+
+
+def test_input_error_names_the_input_a_core_check_names_and_what_it_expects():
+    expected = {"segment_length": "4k + 1 frames", "overlap": "fewer frames than segment_length"}
+    error = input_error("CVS Split", ValueError("overlap must be smaller than 5; got 5"), expected)
+    assert str(error) == "CVS Split: input 'overlap' must be smaller than 5; got 5; expected fewer frames than " \
+                         "segment_length"
+    error = input_error("CVS Split", ValueError("length 6 is not 4k + 1"), expected, aliases={"length": "segment_length"})
+    assert error.input_name == "segment_length" and error.problem == "6 is not 4k + 1"
+    error = input_error("CVS Split", ValueError("something else"), expected)  # the first input, whole text
+    assert (error.input_name, error.problem, error.expected) == ("segment_length", "something else", "4k + 1 frames")
+    assert input_error("N", ValueError("overlapping"), expected).input_name == "segment_length"  # whole words only
 
 
 def test_there_are_example_workflows():
