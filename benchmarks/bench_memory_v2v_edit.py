@@ -1,6 +1,7 @@
 """Memory-V2V long-video editing on LucyEdit: cost of one DiT call with memory; prints markdown.
 
     python benchmarks/bench_memory_v2v_edit.py      # CPU, under a minute
+    python benchmarks/bench_memory_v2v_edit.py gpu  # CUDA: LucyEdit's DiT at the real size, random weights
 
 1. **Real size, counted** (LucyEdit = Wan2.2-TI2V-5B: width 3072 = 24 heads x 128, FFN 14336,
    30 blocks, 512 umT5 tokens of 4096; 480x832, 81 frames -> latent 21 x 30 x 52; 1x2x2
@@ -44,9 +45,16 @@
    :func:`denoise_edit` call (batch 2: the two CFG branches) with 0, 1, 3 and 6 memory
    segments: tokens, FLOPs counted by torch vs the formula above, and wall time (the best of
    3 runs).
+3. **Real size on a GPU** (``gpu``): LucyEdit's DiT at the released size (random weights, bf16)
+   on a 480x832, 81-frame segment: seconds per :func:`denoise_edit` call with both CFG branches
+   (batch 2) with 0, 1, 3 and 6 earlier segments, the 50-step segment that makes (50 calls),
+   and peak GPU memory. The VAE and umT5 are not included (they run once per segment).
+   ``--device cpu --layers 2 --frames 2`` runs the same path at the real width on the CPU (a
+   check that it runs; its seconds are not a result).
 """
 from __future__ import annotations
 
+import argparse
 import platform
 import time
 
@@ -241,8 +249,69 @@ def smoke_table() -> None:
               f"{seconds / base_time:.2f} |")
 
 
+def bench_gpu(args) -> None:
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("bench_memory_v2v_edit.py gpu needs a CUDA GPU (or --device cpu for a slow check)")
+    cfg = {**LUCY, "layers": args.layers}
+    dtype = torch.bfloat16 if cuda else torch.float32
+    with torch.device("meta"):
+        model = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=cfg["heads"],
+                                      attention_head_dim=cfg["dim"] // cfg["heads"], in_channels=cfg["in"],
+                                      out_channels=cfg["out"], text_dim=cfg["text_dim"], freq_dim=cfg["freq"],
+                                      ffn_dim=cfg["ffn"], num_layers=cfg["layers"], rope_max_seq_len=1024)
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for p in model.parameters():
+        p.normal_(0, 0.02, generator=gen)
+    with torch.device(device):  # the RoPE tables are buffers (to_empty left them uninitialised)
+        model.rope = type(model.rope)(cfg["dim"] // cfg["heads"], (1, 2, 2), 1024)
+    model = model.to(dtype).eval()
+    latent = (args.frames,) + REAL_LATENT[1:]
+    frames, h, w = latent
+    print(f"{torch.cuda.get_device_name() if cuda else 'CPU'}, torch {torch.__version__}, {dtype}; LucyEdit DiT "
+          f"{sum(p.numel() for p in model.parameters()) / 1e9:.3f}B parameters ({cfg['layers']} blocks), random "
+          f"weights; segment latent {frames} x {h} x {w}, batch 2 (CFG)\n")
+    print("| earlier segments | tokens target / prev / others | seconds per call | 50-step segment (s) "
+          "| peak memory (GiB) |")
+    print("|---|---|---|---|---|")
+    target = torch.randn(2, LATENT_CHANNELS, frames, h, w, generator=gen, device=device, dtype=dtype)
+    source = torch.randn(1, LATENT_CHANNELS, frames, h, w, generator=gen, device=device, dtype=dtype)
+    text = torch.randn(2, cfg["text"], cfg["text_dim"], generator=gen, device=device, dtype=dtype)
+    timestep = torch.full((2, frames * (h // 2) * (w // 2)), 500.0, device=device)
+    for count in (0,) + MEMORY_COUNTS:
+        memory = [MF.MemorySegment(m.latent.to(device, dtype), m.source.to(device, dtype), m.tokenizer, m.role)
+                  for m in segments(count, False, latent, torch.Generator().manual_seed(count))]
+        report = MF.CallReport()
+        MF.denoise_edit(model, target, timestep, text, source, memory, report=report)  # warm-up, token counts
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        for _ in range(args.repeats):
+            MF.denoise_edit(model, target, timestep, text, source, memory)
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = (time.perf_counter() - t0) / args.repeats
+        peak = f"{torch.cuda.max_memory_allocated() / 2 ** 30:.1f}" if cuda else "- (CPU)"
+        tok = report.tokens
+        print(f"| {count} | {tok['target']} / {tok['prev']} / {tok['memory']} | {seconds:.2f} | {50 * seconds:.0f} "
+              f"| {peak} |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--device", default="cuda", help="gpu: where the real-size DiT runs")
+    parser.add_argument("--layers", type=int, default=LUCY["layers"], help="gpu: DiT blocks (30 = the release)")
+    parser.add_argument("--frames", type=int, default=REAL_LATENT[0], help="gpu: latent frames per segment (21)")
+    parser.add_argument("--repeats", type=int, default=5, help="gpu: timed calls per row")
+    args = parser.parse_args()
     torch.set_grad_enabled(False)
+    if args.mode == "gpu":
+        bench_gpu(args)
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}")
     real_size_table()
