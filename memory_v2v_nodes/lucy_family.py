@@ -43,7 +43,8 @@ import torch
 
 from ..nodes import families
 from ..nodes.jsonfile import write_json
-from ..nodes.weights import WeightsError, is_smoke, load_strict, random_state, read_json, read_state_dict
+from ..nodes.weights import (COMPONENT_WEIGHTS, WeightsError, is_smoke, load_strict, random_state,
+                             read_component_weights, read_json, write_component_weights)
 from .family import load_vae
 from .pipeline import WanCodec
 from .text import load_optional_text_encoder, write_smoke_text_encoder
@@ -56,10 +57,8 @@ TRANSFORMER_CLASS = "WanTransformer3DModel"
 
 MODEL_INDEX = "model_index.json"
 TRANSFORMER_CONFIG = "transformer/config.json"
-WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
-INDEX_NAME = WEIGHTS_NAME + ".index.json"
 VAE_CONFIG = "vae/config.json"
-VAE_WEIGHTS = "vae/" + WEIGHTS_NAME
+VAE_WEIGHTS = "vae/" + COMPONENT_WEIGHTS
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 FILES = (MODEL_INDEX, TRANSFORMER_CONFIG, VAE_CONFIG, VAE_WEIGHTS, SCHEDULER_CONFIG)
 """What a folder needs to count as complete; the transformer weights are found through the
@@ -118,40 +117,6 @@ def lucy_shape_problem(in_channels: int, out_channels: int, z_dim: int) -> Optio
     return f"{found}: not LucyEdit. {expected}"
 
 
-def read_component_weights(component: Path, what: str) -> dict[str, torch.Tensor]:
-    """The state dict of a diffusers component folder: the shards listed in ``<component>/``
-    ``diffusion_pytorch_model.safetensors.index.json`` (its ``weight_map``), or else the single
-    ``diffusion_pytorch_model.safetensors``.
-
-    Strict: every shard must hold exactly the keys the index assigns to it. A missing or corrupt
-    shard, an index without a ``weight_map``, or no weights at all raise :class:`WeightsError`
-    naming the file."""
-    component = Path(component)
-    index, single = component / INDEX_NAME, component / WEIGHTS_NAME
-    if not index.is_file():
-        if not single.is_file():
-            raise WeightsError(f"{what}: {component} has neither {WEIGHTS_NAME} nor the sharded {INDEX_NAME} with its "
-                               f"diffusion_pytorch_model-0000k-of-0000n.safetensors files. Download "
-                               f"{component.name}/ from https://huggingface.co/{REPO}")
-        return read_state_dict(single, what)
-    weight_map = read_json(index, f"{what} shard index").get("weight_map")
-    if not isinstance(weight_map, Mapping) or not weight_map or not all(
-            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
-        raise WeightsError(f"{what}: {index} has no valid weight_map (tensor name -> shard file in {component})")
-    state: dict[str, torch.Tensor] = {}
-    for shard in sorted(set(weight_map.values())):
-        part = read_state_dict(component / shard, f"{what} shard {shard}")
-        listed = {k for k, s in weight_map.items() if s == shard}
-        if set(part) != listed:
-            absent, extra = sorted(listed - set(part)), sorted(set(part) - listed)
-            detail = "; ".join(([f"{len(absent)} listed key(s) absent: {', '.join(absent[:3])}"] if absent else [])
-                               + ([f"{len(extra)} key(s) not in the index: {', '.join(extra[:3])}"] if extra else []))
-            raise WeightsError(f"{what}: {component / shard} does not match {index.name} ({detail}): a damaged "
-                               "download or shards from another release")
-        state.update(part)
-    return state
-
-
 # --------------------------------------------------------------------------- loading
 def build_transformer(config: Mapping, where: str):
     """diffusers ``WanTransformer3DModel`` from a ``config.json`` dict, on the meta device, with
@@ -195,7 +160,7 @@ def load_transformer(folder: Path, dtype: torch.dtype = torch.float32, z_dim: in
     if problem:
         raise WeightsError(f"{where}: {problem}")
     what = f"LucyEdit transformer in {folder / 'transformer'}"
-    state = read_component_weights(folder / "transformer", what)
+    state = read_component_weights(folder / "transformer", what, f"https://huggingface.co/{REPO}")
     load_strict(model, state, what)
     del state  # the model holds the tensors now; casting frees each float32 original as it goes
     return keep_fp32_parts(model, dtype).eval().requires_grad_(False)
@@ -300,28 +265,6 @@ def smoke_model_index() -> dict:
             "vae": ["diffusers", "AutoencoderKLWan"]}
 
 
-def write_transformer_weights(component: Path, state: Mapping[str, torch.Tensor], shards: int = 1) -> None:
-    """Write ``state`` into a diffusers component folder: one ``diffusion_pytorch_model.safetensors``,
-    or ``shards`` files ``diffusion_pytorch_model-0000k-of-0000n.safetensors`` (keys in order,
-    split evenly) plus ``diffusion_pytorch_model.safetensors.index.json``."""
-    from safetensors.torch import save_file
-    component = Path(component)
-    component.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous() for k, v in state.items()}
-    if shards <= 1:
-        save_file(tensors, str(component / WEIGHTS_NAME))
-        return
-    keys = list(tensors)
-    weight_map = {}
-    for i in range(shards):
-        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
-        part = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
-        save_file({k: tensors[k] for k in part}, str(component / name))
-        weight_map.update({k: name for k in part})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    write_json(component / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
-
-
 def write_smoke(folder: Path, seed: int = 0, shards: int = 2) -> None:
     """Tiny random LucyEdit weights in the release layout (transformer in ``shards`` files)."""
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
@@ -330,7 +273,7 @@ def write_smoke(folder: Path, seed: int = 0, shards: int = 2) -> None:
     with torch.device("meta"):
         transformer = WanTransformer3DModel(**smoke_transformer_config())
     transformer.save_config(str(folder / "transformer"))
-    write_transformer_weights(folder / "transformer", random_state(transformer, torch.Generator().manual_seed(seed)),
+    write_component_weights(folder / "transformer", random_state(transformer, torch.Generator().manual_seed(seed)),
                               shards)
     torch.manual_seed(seed)
     AutoencoderKLWan(**smoke_vae_config(seed)).save_pretrained(str(folder / "vae"))

@@ -19,7 +19,7 @@ import torch
 
 from . import runtime
 from .families import SMOKE_MARKER, Family
-from .jsonfile import read_json_object
+from .jsonfile import read_json_object, write_json
 
 AUTO = "auto"
 
@@ -164,6 +164,12 @@ def is_smoke(folder: Path) -> bool:
 
 
 # --------------------------------------------------------------------------- reading files
+COMPONENT_WEIGHTS = "diffusion_pytorch_model.safetensors"
+"""A diffusers component folder's weights (``transformer/``, ``vae/``, ...) in one file ..."""
+COMPONENT_INDEX = COMPONENT_WEIGHTS + ".index.json"
+"""... or in shards listed by this index's ``weight_map`` (tensor name -> shard file)."""
+
+
 def read_json(path: Path, what: str) -> dict:
     return read_json_object(path, what, WeightsError)
 
@@ -190,6 +196,62 @@ def read_checkpoint(path: Path, what: str) -> dict[str, torch.Tensor]:
     data = load_weights_only(path, what, mmap=zipfile.is_zipfile(path))
     inner = data.get("state_dict") if isinstance(data, Mapping) else None
     return _flat_tensors(inner if isinstance(inner, Mapping) else data, path, what)
+
+
+def read_component_weights(component: Path, what: str, source: str = "") -> dict[str, torch.Tensor]:
+    """The state dict of a diffusers component folder: the shards listed in ``<component>/``
+    ``diffusion_pytorch_model.safetensors.index.json`` (its ``weight_map``), or else the single
+    ``diffusion_pytorch_model.safetensors``.
+
+    Strict: every shard must hold exactly the keys the index assigns to it. A missing or corrupt
+    shard, an index without a ``weight_map``, or no weights at all raise :class:`WeightsError`
+    naming the file (and ``source``, where the component can be downloaded, if given)."""
+    component = Path(component)
+    index, single = component / COMPONENT_INDEX, component / COMPONENT_WEIGHTS
+    if not index.is_file():
+        if not single.is_file():
+            raise WeightsError(f"{what}: {component} has neither {COMPONENT_WEIGHTS} nor the sharded {COMPONENT_INDEX} "
+                               f"with its diffusion_pytorch_model-0000k-of-0000n.safetensors files."
+                               + (f" Download {component.name}/ from {source}" if source else ""))
+        return read_state_dict(single, what)
+    weight_map = read_json(index, f"{what} shard index").get("weight_map")
+    if not isinstance(weight_map, Mapping) or not weight_map or not all(
+            isinstance(v, str) and v and Path(v).name == v for v in weight_map.values()):
+        raise WeightsError(f"{what}: {index} has no valid weight_map (tensor name -> shard file in {component})")
+    state: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        part = read_state_dict(component / shard, f"{what} shard {shard}")
+        listed = {k for k, s in weight_map.items() if s == shard}
+        if set(part) != listed:
+            absent, extra = sorted(listed - set(part)), sorted(set(part) - listed)
+            detail = "; ".join(([f"{len(absent)} listed key(s) absent: {', '.join(absent[:3])}"] if absent else [])
+                               + ([f"{len(extra)} key(s) not in the index: {', '.join(extra[:3])}"] if extra else []))
+            raise WeightsError(f"{what}: {component / shard} does not match {index.name} ({detail}): a damaged "
+                               "download or shards from another release")
+        state.update(part)
+    return state
+
+
+def write_component_weights(component: Path, state: Mapping[str, torch.Tensor], shards: int = 1) -> None:
+    """Write ``state`` into a diffusers component folder: one ``diffusion_pytorch_model.safetensors``,
+    or ``shards`` files ``diffusion_pytorch_model-0000k-of-0000n.safetensors`` (keys in order,
+    split evenly) plus ``diffusion_pytorch_model.safetensors.index.json``."""
+    from safetensors.torch import save_file
+    component = Path(component)
+    component.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    if shards <= 1:
+        save_file(tensors, str(component / COMPONENT_WEIGHTS))
+        return
+    keys = list(tensors)
+    weight_map = {}
+    for i in range(shards):
+        name = f"diffusion_pytorch_model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = keys[i * len(keys) // shards:(i + 1) * len(keys) // shards]
+        save_file({k: tensors[k] for k in part}, str(component / name))
+        weight_map.update({k: name for k in part})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    write_json(component / COMPONENT_INDEX, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
 
 def _read_safetensors(path: Path, what: str) -> dict[str, torch.Tensor]:

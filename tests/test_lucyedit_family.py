@@ -12,7 +12,8 @@ from diffusers import (AutoencoderKLWan, DDIMScheduler, FlowMatchEulerDiscreteSc
 from safetensors.torch import save_file
 
 from consistent_video.nodes import families
-from consistent_video.nodes.weights import WeightsError, missing_files, random_state
+from consistent_video.nodes.weights import (COMPONENT_INDEX, COMPONENT_WEIGHTS, WeightsError, missing_files, random_state,
+                                            read_component_weights, write_component_weights)
 from consistent_video.memory_v2v_nodes import lucy_family as L
 from consistent_video.memory_v2v_nodes.text import write_smoke_text_encoder
 
@@ -37,7 +38,7 @@ def handle(smoke):
 
 @pytest.fixture(scope="module")
 def state(smoke):
-    return L.read_component_weights(smoke / "transformer", "smoke")
+    return read_component_weights(smoke / "transformer", "smoke")
 
 
 def copy_release(smoke: Path, tmp_path: Path) -> Path:
@@ -54,7 +55,7 @@ def write_transformer(folder: Path, shards: int = 1, **changes) -> dict:
         model = WanTransformer3DModel(**config)
     model.save_config(str(folder / "transformer"))
     weights = random_state(model, torch.Generator().manual_seed(3))
-    L.write_transformer_weights(folder / "transformer", weights, shards)
+    write_component_weights(folder / "transformer", weights, shards)
     return weights
 
 
@@ -80,10 +81,10 @@ def test_family_is_registered_with_the_release_layout_and_licence():
 
 def test_smoke_weights_use_the_release_layout_with_a_sharded_transformer(smoke):
     assert not missing_files(L.FAMILY, smoke)
-    index = json.loads((smoke / "transformer" / L.INDEX_NAME).read_text())
+    index = json.loads((smoke / "transformer" / COMPONENT_INDEX).read_text())
     assert sorted(set(index["weight_map"].values())) == [
         "diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model-00002-of-00002.safetensors"]
-    assert not (smoke / "transformer" / L.WEIGHTS_NAME).exists()
+    assert not (smoke / "transformer" / COMPONENT_WEIGHTS).exists()
     model_index = json.loads((smoke / "model_index.json").read_text())
     assert model_index["_class_name"] == "LucyEditPipeline" and model_index["expand_timesteps"] is True
     size = sum(p.stat().st_size for p in smoke.rglob("*") if p.is_file())
@@ -138,8 +139,8 @@ def test_bf16_keeps_the_parts_diffusers_keeps_in_float32(smoke):
 def test_sharded_and_single_file_layouts_load_identical_weights(smoke, tmp_path):
     single = tmp_path / "single"
     L.write_smoke(single, shards=1)
-    assert (single / "transformer" / L.WEIGHTS_NAME).is_file()
-    assert not (single / "transformer" / L.INDEX_NAME).exists()
+    assert (single / "transformer" / COMPONENT_WEIGHTS).is_file()
+    assert not (single / "transformer" / COMPONENT_INDEX).exists()
     a = L.load_transformer(smoke).state_dict()
     b = L.load_transformer(single).state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -147,7 +148,7 @@ def test_sharded_and_single_file_layouts_load_identical_weights(smoke, tmp_path)
 
 def test_an_index_next_to_a_single_file_wins_as_in_diffusers(smoke, tmp_path, state):
     folder = copy_release(smoke, tmp_path)
-    save_file({k: torch.zeros_like(v) for k, v in state.items()}, str(folder / "transformer" / L.WEIGHTS_NAME))
+    save_file({k: torch.zeros_like(v) for k, v in state.items()}, str(folder / "transformer" / COMPONENT_WEIGHTS))
     loaded = L.load_transformer(folder).state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
@@ -170,7 +171,7 @@ def test_strict_loading_names_missing_extra_and_misshaped_keys(smoke, tmp_path, 
     shutil.rmtree(folder / "transformer")
     (folder / "transformer").mkdir()
     shutil.copy(smoke / "transformer" / "config.json", folder / "transformer" / "config.json")
-    L.write_transformer_weights(folder / "transformer", broken)
+    write_component_weights(folder / "transformer", broken)
     with pytest.raises(WeightsError) as err:
         load(folder)
     assert named in str(err.value) and "LucyEdit transformer" in str(err.value)
@@ -189,12 +190,12 @@ def test_a_missing_or_corrupt_shard_is_named(smoke, tmp_path):
 
 def test_shards_that_disagree_with_their_index_are_refused(smoke, tmp_path):
     folder = copy_release(smoke, tmp_path)
-    index_path = folder / "transformer" / L.INDEX_NAME
+    index_path = folder / "transformer" / COMPONENT_INDEX
     index = json.loads(index_path.read_text())
     key = next(iter(index["weight_map"]))
     index["weight_map"][key] = "diffusion_pytorch_model-00002-of-00002.safetensors"
     index_path.write_text(json.dumps(index))
-    with pytest.raises(WeightsError, match=f"does not match {L.INDEX_NAME}.*{key}"):
+    with pytest.raises(WeightsError, match=f"does not match {COMPONENT_INDEX}.*{key}"):
         load(folder)
     index_path.write_text(json.dumps({"metadata": {}}))
     with pytest.raises(WeightsError, match="no valid weight_map"):
@@ -205,7 +206,7 @@ def test_no_transformer_weights_at_all_says_what_is_expected(smoke, tmp_path):
     folder = copy_release(smoke, tmp_path)
     for path in (folder / "transformer").glob("*.safetensors*"):
         path.unlink()
-    with pytest.raises(WeightsError, match=f"neither {L.WEIGHTS_NAME} nor the sharded {L.INDEX_NAME}"):
+    with pytest.raises(WeightsError, match=f"neither {COMPONENT_WEIGHTS} nor the sharded {COMPONENT_INDEX}"):
         load(folder)
 
 
@@ -231,7 +232,7 @@ def test_wan21_weights_under_a_lucyedit_config_are_named_by_shape(smoke, tmp_pat
     weights = write_transformer(wan21, in_channels=16, out_channels=16)
     for path in (folder / "transformer").glob("*.safetensors*"):
         path.unlink()
-    L.write_transformer_weights(folder / "transformer", weights)
+    write_component_weights(folder / "transformer", weights)
     with pytest.raises(WeightsError, match=r"shape mismatch: .*patch_embedding\.weight \[48, 16, 1, 2, 2\] vs "
                                            r"\[48, 96, 1, 2, 2\]"):
         load(folder)

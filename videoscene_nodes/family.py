@@ -32,8 +32,9 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
 from ..nodes import families
 from ..nodes.jsonfile import write_json
-from ..nodes.weights import (WeightsError, is_smoke, load_strict, load_weights_only, random_state, read_json,
-                             read_state_dict)
+from ..nodes.weights import (COMPONENT_INDEX, COMPONENT_WEIGHTS, WeightsError, is_smoke, load_strict, load_weights_only,
+                             random_state, read_component_weights, read_json, read_state_dict,
+                             write_component_weights)
 from .pipeline import SCHEDULER_CONFIG, make_scheduler
 
 log = logging.getLogger("consistent_video")
@@ -44,8 +45,8 @@ REFINER_FILE, PROMPT_FILE = "model.safetensors", "prompt_embeds.pt"
 FILES = (REFINER_FILE, PROMPT_FILE)
 BASE_FILES = ("transformer/config.json", "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
               "scheduler/scheduler_config.json")
-BASE_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
-BASE_INDEX = "transformer/diffusion_pytorch_model.safetensors.index.json"
+BASE_WEIGHTS = "transformer/" + COMPONENT_WEIGHTS
+BASE_INDEX = "transformer/" + COMPONENT_INDEX
 MANUAL = ("Download model.safetensors and prompt_embeds.pt from the Google Drive link in the README of "
           "https://github.com/hanyang-21/VideoScene (checkpoints/VideoScene/); the CogVideoX interpolation base "
           f"(transformer/, vae/, scheduler/) comes from https://huggingface.co/{BASE_REPO}")
@@ -67,16 +68,10 @@ def _read_prompt(path: Path, text_dim: int, text_length: int) -> torch.Tensor:
 
 def _base_state(folder: Path) -> dict[str, torch.Tensor]:
     """The base transformer weights (single file or shards with their index); empty when absent."""
-    single, index = folder / BASE_WEIGHTS, folder / BASE_INDEX
-    if single.is_file():
-        return read_state_dict(single, f"CogVideoX base {BASE_WEIGHTS}")
-    if not index.is_file():
+    if not (folder / BASE_WEIGHTS).is_file() and not (folder / BASE_INDEX).is_file():
         return {}
-    shards = sorted(set(read_json(index, "CogVideoX base weight index").get("weight_map", {}).values()))
-    state: dict[str, torch.Tensor] = {}
-    for shard in shards:
-        state.update(read_state_dict(index.parent / shard, f"CogVideoX base transformer/{shard}"))
-    return state
+    return read_component_weights(folder / "transformer", "CogVideoX base transformer",
+                                  f"https://huggingface.co/{BASE_REPO}")
 
 
 def merge_refiner(expected: dict[str, torch.Tensor], refiner: dict[str, torch.Tensor],
@@ -186,14 +181,7 @@ def write_smoke_videoscene(folder: Path, seed: int = 0) -> None:
     transformer.save_config(str(folder / "transformer"))
     refiner = {k: v for k, v in state.items() if k.startswith(SMOKE_REFINER_PREFIXES)}
     save_file(refiner, str(folder / REFINER_FILE))
-    base = sorted(state)
-    halves = (base[:len(base) // 2], base[len(base) // 2:])
-    weight_map = {}
-    for i, keys in enumerate(halves, 1):
-        name = f"diffusion_pytorch_model-0000{i}-of-00002.safetensors"
-        save_file({k: state[k].contiguous() for k in keys}, str(folder / "transformer" / name))
-        weight_map.update({k: name for k in keys})
-    write_json(folder / BASE_INDEX, {"metadata": {}, "weight_map": weight_map})
+    write_component_weights(folder / "transformer", {k: state[k] for k in sorted(state)}, shards=2)
     torch.manual_seed(seed)
     AutoencoderKLCogVideoX(**SMOKE_VAE).save_pretrained(str(folder / "vae"))
     write_json(folder / "scheduler/scheduler_config.json", {"_class_name": "CogVideoXDDIMScheduler",
