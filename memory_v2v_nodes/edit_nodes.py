@@ -18,7 +18,7 @@ from . import edit_pipeline as E
 from . import lucy_family
 from .bank import NonFiniteTurn
 from .dinov2 import NAME as DINOV2, segment_descriptor
-from .memory_forward import CallReport, tokenizer_for_rank
+from .memory_forward import CallReport
 from .nodes import (CATEGORY, MEMORY_TYPE, VideoMemory, adapters_input, check_memory, holds_nothing, read_memory,
                     text_tokens)
 from .pipeline import fit_size
@@ -214,9 +214,10 @@ class CVS_MemoryV2VEditSegments:
                 picked = retrieve_segments(bank, plan.fingerprint, descriptor, settings.top_k, segment=index,
                                            latent_shape=tuple(source.shape))
                 report = CallReport()
-                latent = E.sample_edit(transformer, lucy_family.make_scheduler(handle), source, text,
-                                       E.memory_segments(bank, picked, index), settings, settings.seed + index,
-                                       handle.extra.get("expand_timesteps", True), bar.update, report, adapters)
+                memory_used = E.memory_segments(bank, picked, index)
+                latent = E.sample_edit(transformer, lucy_family.make_scheduler(handle), source, text, memory_used,
+                                       settings, settings.seed + index, handle.extra.get("expand_timesteps", True),
+                                       bar.update, report, adapters)
                 frames_out.append(codec.decode(latent))
                 bar.update(1)
                 try:  # only now: a cancelled or failed segment adds nothing
@@ -227,18 +228,16 @@ class CVS_MemoryV2VEditSegments:
                                          "weights and settings that give finite latents") from None
                 save_memory(memory.path, bank.save, keep_old=resetting(memory.reset, memory.path), empty=holds_nothing)
                 memory = VideoMemory(memory.name, memory.path)
-                lines.append(_segment_line(bank, plan, index, picked, report))
+                lines.append(_segment_line(bank, plan, index, picked, memory_used, report))
         done = len(edited_turns(bank, plan.fingerprint))
         lines.append(f"{done} of {plan.count} segment(s) edited; the memory holds {len(bank)} turn(s)")
         return torch.cat(frames_out), memory, "\n".join(lines)
 
 
-def _segment_line(bank, plan: SegmentPlan, index: int, picked, report: CallReport) -> str:
+def _segment_line(bank, plan: SegmentPlan, index: int, picked, memory_used, report: CallReport) -> str:
     start, end = plan.spans[index]
-    roles = [m.role for m in E.memory_segments(bank, picked, index)]
-    used = ", ".join(f"segment {bank.turns[i].segment} ({'prev, ' if role == 'prev' else ''}DINOv2 {score:.3f}, "
-                     f"{tokenizer_for_rank(r)})"
-                     for r, ((i, score), role) in enumerate(zip(picked, roles))) or "none"
+    used = ", ".join(f"segment {bank.turns[i].segment} ({'prev, ' if m.role == 'prev' else ''}DINOv2 {score:.3f}, "
+                     f"{m.tokenizer})" for (i, score), m in zip(picked, memory_used)) or "none"
     tokens = report.tokens
     merged = sum(len(m["merged"]) for m in report.merges)
     return (f"segment {index} (frames {start}-{end - 1}): memory {used}; tokens target {tokens.get('target', 0)}, "

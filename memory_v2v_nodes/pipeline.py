@@ -36,7 +36,7 @@ from ..nodes.tensor_checks import module_place
 from .bank import Turn, VideoMemoryBank
 from .memory_forward import (DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemoryVideo, denoise,
                              tokenizer_for_rank)
-from .retrieval import rank_by_appearance, rank_by_fov
+from .retrieval import rank_by_fov, rank_turns_by_appearance
 
 TEMPORAL_STRIDE = 4  # Wan VAE: 4 frames per latent frame after the first
 SPATIAL_STRIDE = 8
@@ -169,11 +169,7 @@ def retrieve_by_appearance(bank: VideoMemoryBank, descriptor: torch.Tensor, top_
     (segments of a long video) are left to :func:`.segments.retrieve_segments`."""
     candidates = [i for i, t in enumerate(bank.turns) if t.task == "camera" and t.descriptor is not None
                   and t.descriptor.shape == descriptor.shape]
-    if not candidates or top_k == 0:
-        return []
-    ranked = rank_by_appearance(descriptor, [bank.turns[i].descriptor for i in candidates], top_k,
-                                recent=len(candidates) - 1)
-    return [(candidates[i], score) for i, score in ranked]
+    return rank_turns_by_appearance(bank, candidates, descriptor, top_k)
 
 
 def memory_videos(bank: VideoMemoryBank, picked: Sequence[tuple[int, float]], latent_shape,

@@ -93,3 +93,15 @@ def rank_by_appearance(current: torch.Tensor, descriptors: Sequence[torch.Tensor
         order.remove(recent)
         order.insert(0, recent)
     return [(i, float(sims[i])) for i in order[:max(k, 0)]]
+
+
+def rank_turns_by_appearance(bank, candidates: Sequence[int], descriptor: torch.Tensor,
+                             k: int) -> list[tuple[int, float]]:
+    """:func:`rank_by_appearance` over the descriptors of the bank turns ``candidates`` (turn
+    indices in the order they were stored), the last stored one first: ``[(turn index,
+    cosine)]``, best first; ``[]`` without candidates or for ``k == 0``."""
+    if not candidates or k == 0:
+        return []
+    ranked = rank_by_appearance(descriptor, [bank.turns[i].descriptor for i in candidates], k,
+                                recent=len(candidates) - 1)
+    return [(candidates[i], score) for i, score in ranked]

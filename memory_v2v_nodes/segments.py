@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 import torch
 
 from .bank import VideoMemoryBank
-from .retrieval import rank_by_appearance
+from .retrieval import rank_turns_by_appearance
 
 TEMPORAL_STRIDE = 4  # Wan VAE (2.1 and 2.2): 4 frames per latent frame after the first
 _HASH_CHUNK = 16  # frames converted to uint8 at a time while fingerprinting
@@ -244,8 +244,4 @@ def retrieve_segments(bank: VideoMemoryBank, fingerprint: str, descriptor: torch
                   if (segment is None or bank.turns[i].segment < segment)
                   and bank.turns[i].descriptor.shape == descriptor.shape
                   and (latent_shape is None or tuple(bank.turns[i].latent.shape) == tuple(latent_shape))]
-    if not candidates:
-        return []
-    ranked = rank_by_appearance(descriptor, [bank.turns[i].descriptor for i in candidates], top_k,
-                                recent=len(candidates) - 1)  # candidates are in segment order
-    return [(candidates[i], score) for i, score in ranked]
+    return rank_turns_by_appearance(bank, candidates, descriptor, top_k)  # candidates are in segment order
