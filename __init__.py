@@ -5,8 +5,11 @@ ComfyUI imports this file from ``custom_nodes/<any folder name>/`` and reads
 same folder to the package ``consistent_video`` (``python -m consistent_video ...``).
 Every import below is relative, so both names work.
 """
-from .nodes import camera_nodes, loader_nodes, splat_nodes, video_nodes
-from .nodes.input_guard import guard_float_inputs
+from .nodes.cameras import camera_nodes
+from .nodes.comfy import loader_nodes
+from .nodes.splats import splat_nodes
+from .nodes.video import video_nodes
+from .nodes.comfy.input_guard import guard_float_inputs
 from . import gvm_nodes  # registers the GVM model family
 from .gvm_nodes import nodes as gvm_node_defs
 from .vmem_nodes import nodes as vmem_node_defs  # also registers the VMem, SEVA and Depth Anything families

@@ -2,6 +2,6 @@
 import sys
 
 from . import NODE_CLASS_MAPPINGS  # noqa: F401  (registers every node and model family)
-from .nodes.cli import main
+from .nodes.runner.cli import main
 
 sys.exit(main())

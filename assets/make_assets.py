@@ -213,10 +213,10 @@ def render_object(width: int = 320, height: int = 240) -> tuple[torch.Tensor, to
 
 
 def splat_scene():
-    """A :class:`~consistent_video.nodes.gaussians.GaussianScene` of about 4000 Gaussians, SH
+    """A :class:`~consistent_video.nodes.splats.gaussians.GaussianScene` of about 4000 Gaussians, SH
     degree 0, in the pack's OpenCV world (y down, the floor at y = 0.5): a 4 x 4 m chequered floor,
     a back wall at z = 3, a red ball, a green box and a small blue ball near the origin."""
-    from consistent_video.nodes.gaussians import GaussianScene, rgb_to_sh_dc
+    from consistent_video.nodes.splats.gaussians import GaussianScene, rgb_to_sh_dc
     rng = np.random.default_rng(5)
     means, scales, colours = [], [], []
 
@@ -261,8 +261,8 @@ def render_photo_pair(width: int = 480, height: int = 320, fov_deg: float = 55.0
     convention, vertical field of view ``fov_deg``): two photos of one place for the
     two-photo VideoScene example, whose poses the pack does not give it."""
     import json
-    from consistent_video.nodes.camera_formats import keyframes_from_text
-    from consistent_video.nodes.splat_render import render
+    from consistent_video.nodes.cameras.formats import keyframes_from_text
+    from consistent_video.nodes.splats.render import render
     cameras = keyframes_from_text(json.dumps(list(PHOTO_VIEWS)), width, height, fov_deg)
     scene = splat_scene()
     return [render(scene, cameras[i])[0][0].clamp(0, 1) for i in range(len(cameras))]
@@ -272,7 +272,7 @@ def sample_cameras():
     """81 cameras (ReCamMaster's frame count) at 832x480 with a 50 degree vertical field of view:
     starting at the identity camera, an arc of 30 degrees to the right around the point 2 units
     ahead, always looking at it."""
-    from consistent_video.nodes.trajectories import orbit
+    from consistent_video.nodes.cameras.trajectories import orbit
     return orbit(81, 0.0, 2.0, 0.0, 30.0, width=832, height=480, fov_deg=50.0, target=(0.0, 0.0, 2.0))
 
 
@@ -283,7 +283,7 @@ def save_photo_pair() -> None:
 
 
 def main() -> None:
-    from consistent_video.nodes.video_io import VideoWriter
+    from consistent_video.nodes.video.video_io import VideoWriter
 
     frames, _, _ = render_clip()
     with VideoWriter(HERE / "cvs_sample.mp4", FRAME_RATE, "h264-mp4", WIDTH, HEIGHT, quality=20) as writer:
@@ -295,9 +295,9 @@ def main() -> None:
     rgb, alpha = render_object()
     rgba = torch.cat([rgb, alpha[..., None]], -1)
     Image.fromarray((rgba.numpy() * 255).round().astype(np.uint8), "RGBA").save(HERE / "cvs_object.png", optimize=True)
-    from consistent_video.nodes.gaussians import save_ply
+    from consistent_video.nodes.splats.gaussians import save_ply
     save_ply(splat_scene(), HERE / "cvs_scene.ply")
-    from consistent_video.nodes.camera_formats import save_cvs_json
+    from consistent_video.nodes.cameras.formats import save_cvs_json
     save_cvs_json(sample_cameras(), HERE / "cvs_cameras.json")
     save_photo_pair()
     for name in ("cvs_sample.mp4", "cvs_background.png", "cvs_room.png", "cvs_object.png", "cvs_scene.ply",

@@ -7,9 +7,9 @@ Smoke weights (tiny, random) at each node's working size, through the nodes them
 **CVS VMem Navigate** at 576 x 576 (4 context + 4 targets, CFG batched) and **CVS VideoMV
 Text to Views** with 24 views at 256 x 256, 50 steps each.
 
-- **Cancel points in one network call**: every :func:`~consistent_video.nodes.runtime.check_interrupt`
+- **Cancel points in one network call**: every :func:`~consistent_video.nodes.comfy.runtime.check_interrupt`
   during the first UNet call is timed (the pack's checks inside the network,
-  :func:`~consistent_video.nodes.runtime.interruptible`): how many there are, the longest
+  :func:`~consistent_video.nodes.comfy.runtime.interruptible`): how many there are, the longest
   and the median span between two of them, and the mean wait for a Cancel pressed at a
   random moment of the call (sum of span² / (2 x call time)).
 - **Latency**: a thread presses Cancel (``runtime.request_interrupt``) ``--delay`` seconds
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import consistent_video  # noqa: F401  (registers every node and model family)
-from consistent_video.nodes import families, runtime
+from consistent_video.nodes.comfy import families, runtime
 
 CPU = torch.device("cpu")
 

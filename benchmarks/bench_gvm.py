@@ -36,7 +36,7 @@ def _rss_mb() -> float:
 
 def _write_clip(path: Path, frames: int, width: int, height: int) -> None:
     """A moving-disk clip, written frame by frame (never held in memory)."""
-    from consistent_video.nodes.video_io import VideoWriter
+    from consistent_video.nodes.video.video_io import VideoWriter
     yy, xx = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     with VideoWriter(path, "30000/1001", "h264-mp4", width, height) as out:
         for i in range(frames):
@@ -51,7 +51,7 @@ def _file_to_file_child(args) -> None:
     import consistent_video  # noqa: F401  (registers the families and nodes)
     from consistent_video.gvm_nodes.family import load_gvm
     from consistent_video.gvm_nodes.nodes import CVS_GVMMatteVideoFile
-    from consistent_video.nodes import runtime
+    from consistent_video.nodes.comfy import runtime
     runtime.configure_standalone(output=args.out)
     handle = load_gvm(Path(args.weights), torch.device("cpu"), torch.float32)
     torch.set_num_threads(max(1, os.cpu_count() or 1))

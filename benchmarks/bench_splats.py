@@ -3,7 +3,7 @@
     python benchmarks/bench_splats.py [cpu|gpu] [--count 100000] [--width 720] [--height 480]
 
 What is measured: the wall time to render one frame (colour, alpha and expected depth)
-of a random scene with ``nodes.splat_render.render``, median of several runs after one
+of a random scene with ``nodes.splats.render.render``, median of several runs after one
 warm-up; the scene, the projection and the SH colours are all inside the timed call.
 
 The scene: ``--count`` Gaussians (default 100 000) with SH degree 3, means uniform in a
@@ -30,9 +30,9 @@ import time
 
 import torch
 
-from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov
-from consistent_video.nodes.gaussians import random_scene
-from consistent_video.nodes.splat_render import gsplat_available, project_gaussians, render, render_naive
+from consistent_video.nodes.cameras.geometry import CameraBatch, intrinsics_from_fov
+from consistent_video.nodes.splats.gaussians import random_scene
+from consistent_video.nodes.splats.render import gsplat_available, project_gaussians, render, render_naive
 
 SUBSET = 5000  # Gaussians timed first to estimate the naive loop
 

@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov, look_at, rigid_inverse
+from consistent_video.nodes.cameras.geometry import CameraBatch, intrinsics_from_fov, look_at, rigid_inverse
 from consistent_video.vmem_nodes.memory import SurfelMemory
 from consistent_video.vmem_nodes.pointmaps import AnalyticProvider, box_quads
 from consistent_video.vmem_nodes.retrieval import (RetrievalSettings, distribute_quotas, mean_pose, pose_distance,

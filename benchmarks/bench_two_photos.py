@@ -34,10 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from consistent_video.nodes import families, trajectories
-from consistent_video.nodes.cameras import CameraBatch, unproject
-from consistent_video.nodes.gaussians import GaussianScene, rgb_to_sh_dc
-from consistent_video.nodes.splat_render import render
+from consistent_video.nodes.comfy import families
+from consistent_video.nodes.cameras import trajectories
+from consistent_video.nodes.cameras.geometry import CameraBatch, unproject
+from consistent_video.nodes.splats.gaussians import GaussianScene, rgb_to_sh_dc
+from consistent_video.nodes.splats.render import render
 from consistent_video.videoscene_nodes import family as vs_family
 from consistent_video.videoscene_nodes import noposplat as nps
 from consistent_video.videoscene_nodes import noposplat_family as fam

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from consistent_video.nodes import families
-from consistent_video.nodes.camera_formats import to_videomv_cameras
+from consistent_video.nodes.comfy import families
+from consistent_video.nodes.cameras.formats import to_videomv_cameras
 from consistent_video.videomv_nodes import family as fam
 from consistent_video.videomv_nodes.pipeline import ViewSettings, orbit_cameras, sample_latents
 from consistent_video.videomv_nodes.schedules import I2V, NUM_VIEWS, T2V

@@ -34,9 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_videomv import MODES, _conditioning  # noqa: E402
 
-from consistent_video.nodes import families  # noqa: E402
-from consistent_video.nodes.camera_formats import to_videomv_cameras  # noqa: E402
-from consistent_video.nodes.vae import DiffusersVAECodec  # noqa: E402
+from consistent_video.nodes.comfy import families  # noqa: E402
+from consistent_video.nodes.cameras.formats import to_videomv_cameras  # noqa: E402
+from consistent_video.nodes.encoders.vae import DiffusersVAECodec  # noqa: E402
 from consistent_video.videomv_nodes import denoise_3d, nodes as N  # noqa: E402
 from consistent_video.videomv_nodes.pipeline import ViewSettings, orbit_cameras, sample_latents  # noqa: E402
 from consistent_video.videomv_nodes.schedules import NUM_VIEWS  # noqa: E402

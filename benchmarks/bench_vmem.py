@@ -29,15 +29,15 @@ from pathlib import Path
 
 import torch
 
-from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov
-from consistent_video.nodes.trajectories import navigate
+from consistent_video.nodes.cameras.geometry import CameraBatch, intrinsics_from_fov
+from consistent_video.nodes.cameras.trajectories import navigate
 
 SIZE = 128
 
 
 def _navigator(folder: Path):
-    from consistent_video.nodes.clip import TransformersCLIPEmbedder
-    from consistent_video.nodes.vae import DiffusersVAECodec
+    from consistent_video.nodes.encoders.clip import TransformersCLIPEmbedder
+    from consistent_video.nodes.encoders.vae import DiffusersVAECodec
     from consistent_video.vmem_nodes import family as vmem_family
     from consistent_video.vmem_nodes.depth_family import (depth_estimator, load_depth_anything, output_kind,
                                                           write_smoke_depth_anything)

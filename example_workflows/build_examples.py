@@ -376,7 +376,7 @@ TEMPLATES = {
 def build() -> dict[str, dict]:
     """The UI-format workflows by file stem (the template's title)."""
     from consistent_video import NODE_CLASS_MAPPINGS
-    from consistent_video.nodes.workflow_format import api_to_ui
+    from consistent_video.nodes.runner.workflow_format import api_to_ui
     return {title: api_to_ui(EXAMPLES[key], NODE_CLASS_MAPPINGS, note=note) for key, (title, note) in TEMPLATES.items()}
 
 
@@ -396,8 +396,8 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
             "gvm_matte_long_video_file": alpha * colour + (1 - alpha) * checker}
     pictures = {name: torch.cat([frame, torch.ones(180, 4, 3), right], dim=1) for name, right in over.items()}
     # VMem: the starting image | a top view of the cameras the workflow walks through
-    from consistent_video.nodes import trajectories
-    from consistent_video.nodes.camera_preview import render_camera_preview
+    from consistent_video.nodes.cameras import trajectories
+    from consistent_video.nodes.cameras.preview import render_camera_preview
     from make_assets import render_room
     room = render_room()
     walks = {"vmem_walk_step_by_step": "turn_left 10, turn_left 10, move_forward 0.5, turn_right 20",
@@ -419,16 +419,16 @@ def thumbnails() -> dict[str, "torch.Tensor"]:
         orbit = render_camera_preview(orbit_cameras(24, elevation, distance), 320, 180, "perspective")[0]
         pictures[name] = torch.cat([left, torch.ones(180, 4, 3), orbit], dim=1)
     # Memory-V2V: the sample clip | the three turns' camera paths from above
-    from consistent_video.nodes import camera_formats
+    from consistent_video.nodes.cameras import formats as camera_formats
     paths = [trajectories.keyframe_path(camera_formats.keyframes_from_text(json.dumps(k), 320, 180, 54.0), 40)
              for k in V2V_PATHS.values()]
-    from consistent_video.nodes.cameras import CameraBatch
+    from consistent_video.nodes.cameras.geometry import CameraBatch
     preview = render_camera_preview(CameraBatch.cat(paths), 320, 180, "top", frustum_size=0.15)[0]
     pictures["memory_v2v_three_turns"] = torch.cat([frame, torch.ones(180, 4, 3), preview], dim=1)
     pictures["memory_v2v_edit_segments"] = torch.cat([frame, torch.ones(180, 4, 3), _segment_strip(frames)], dim=1)
     # VideoScene: the coarse splat render at the path's start | the path from above (or the clip)
     from make_assets import splat_scene
-    from consistent_video.nodes.splat_render import render
+    from consistent_video.nodes.splats.render import render
     splat_path = trajectories.keyframe_path(camera_formats.keyframes_from_text(json.dumps(SPLAT_PATH), 320, 180, 55.0),
                                             48, "cosine")
     coarse = render(splat_scene(), splat_path[0])[0][0]

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLTemporalDecoder, FlowMatchEulerDiscreteScheduler
 
-from ..nodes import families
-from ..nodes.jsonfile import write_json
-from ..nodes.weights import (WeightsError, check_state_dict, is_smoke, load_strict, random_state, read_json,
-                             read_state_dict)
+from ..nodes.comfy import families
+from ..nodes.comfy.jsonfile import write_json
+from ..nodes.comfy.weights import (WeightsError, check_state_dict, is_smoke, load_strict, random_state, read_json,
+                                   read_state_dict)
 from .lora import LoraError, merge_lora
 from .model import GVMUNet
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..nodes import runtime, video_io
-from ..nodes.errors import NodeInputError, check_image, check_mask
-from ..nodes.families import check_model
+from ..nodes.comfy import runtime
+from ..nodes.video import video_io
+from ..nodes.comfy.errors import NodeInputError, check_image, check_mask
+from ..nodes.comfy.families import check_model
 from .foreground import composite, estimate_foreground, parse_color
 from .pipeline import GVMMatter, MatteSettings, SettingError, apply_clamp, matte_frames, matte_stream, window_count
 

@@ -28,7 +28,7 @@ from typing import Callable, Iterable, Iterator, Optional
 import torch
 import torch.nn.functional as F
 
-from ..nodes import runtime
+from ..nodes.comfy import runtime
 
 PAD_MULTIPLE = 32
 
@@ -156,7 +156,7 @@ class GVMMatter:
         """Frames ``[T,H,W,3]`` (any device) -> alpha ``[T,H,W]`` float32 on the CPU.
 
         Cancel stops the window before the next block of the UNet or the VAE
-        (:func:`~consistent_video.nodes.runtime.interruptible`).
+        (:func:`~consistent_video.nodes.comfy.runtime.interruptible`).
         """
         s = self.settings
         height, width = frames.shape[1:3]

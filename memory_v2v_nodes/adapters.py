@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nodes.weights import WeightsError, read_state_dict
+from ..nodes.comfy.weights import WeightsError, read_state_dict
 from .memory_forward import SCALES
 
 _EMBED = re.compile(r"^coarse_embedding\.(1x4x4|1x8x8)\.(weight|bias)$")

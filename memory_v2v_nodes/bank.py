@@ -44,8 +44,8 @@ from typing import Optional
 
 import torch
 
-from ..nodes.cameras import CameraBatch
-from ..nodes.tensor_files import read_versioned, read_versioned_metadata, write_atomic
+from ..nodes.cameras.geometry import CameraBatch
+from ..nodes.comfy.tensor_files import read_versioned, read_versioned_metadata, write_atomic
 
 FORMAT = "consistent_video.video_memory"
 FORMAT_VERSION = 2  # 2: edit turns (source latent, video fingerprint, segment index; no cameras)

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..nodes import families
-from ..nodes.tensor_checks import module_place
-from ..nodes.weights import WeightsError, is_smoke
+from ..nodes.comfy import families
+from ..nodes.comfy.runtime import module_place
+from ..nodes.comfy.weights import WeightsError, is_smoke
 
 NAME = "dinov2"
 FILES = ("config.json", "model.safetensors")

@@ -10,10 +10,10 @@ import logging
 
 import torch
 
-from ..nodes import runtime
-from ..nodes.errors import NodeInputError, check_image, describe, input_error
-from ..nodes.families import check_model
-from ..nodes.state_files import always_rerun, resetting, save_memory
+from ..nodes.comfy import runtime
+from ..nodes.comfy.errors import NodeInputError, check_image, describe, input_error
+from ..nodes.comfy.families import check_model
+from ..nodes.comfy.state_files import always_rerun, resetting, save_memory
 from . import edit_pipeline as E
 from . import lucy_family
 from .bank import NonFiniteTurn

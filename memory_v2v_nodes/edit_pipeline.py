@@ -31,8 +31,8 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from ..nodes import runtime
-from ..nodes.tensor_checks import module_place
+from ..nodes.comfy import runtime
+from ..nodes.comfy.runtime import module_place
 from .bank import Turn, VideoMemoryBank
 from .memory_forward import (DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemorySegment, denoise_edit,
                              tokenizer_for_rank)
@@ -101,7 +101,7 @@ def sample_edit(model, scheduler, source: torch.Tensor, text: torch.Tensor, memo
     then unconditional tokens; ``memory`` from :func:`memory_segments`; ``seed`` the noise seed;
     ``report`` gets the first call's token counts and merges; ``adapters`` ``(embedders,
     mergers)`` from :func:`.adapters.load_adapters`. ``progress(1)`` after every step; Cancel
-    also stops a step inside the transformer (:func:`~consistent_video.nodes.runtime.interruptible`).
+    also stops a step inside the transformer (:func:`~consistent_video.nodes.comfy.runtime.interruptible`).
     """
     embedders, mergers = adapters or ({}, {})
     device, dtype = module_place(model)

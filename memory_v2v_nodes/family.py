@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from ..nodes import families
-from ..nodes.weights import WeightsError, is_smoke, random_state
+from ..nodes.comfy import families
+from ..nodes.comfy.weights import WeightsError, is_smoke, random_state
 from .model import ReCamMasterTransformer, config_for_release, load_transformer, to_original
 from .text import load_optional_text_encoder, write_smoke_text_encoder
 

@@ -41,10 +41,10 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from ..nodes import families
-from ..nodes.jsonfile import write_json
-from ..nodes.weights import (COMPONENT_WEIGHTS, WeightsError, is_smoke, load_strict, random_state,
-                             read_component_weights, read_json, write_component_weights)
+from ..nodes.comfy import families
+from ..nodes.comfy.jsonfile import write_json
+from ..nodes.comfy.weights import (COMPONENT_WEIGHTS, WeightsError, is_smoke, load_strict, random_state,
+                                   read_component_weights, read_json, write_component_weights)
 from .family import load_vae
 from .pipeline import WanCodec
 from .text import load_optional_text_encoder, write_smoke_text_encoder

@@ -42,7 +42,7 @@ from diffusers import WanTransformer3DModel
 from diffusers.configuration_utils import register_to_config
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 
-from ..nodes.weights import WeightsError, load_strict, read_checkpoint
+from ..nodes.comfy.weights import WeightsError, load_strict, read_checkpoint
 
 log = logging.getLogger("consistent_video")
 

@@ -12,14 +12,15 @@ from typing import Optional
 
 import torch
 
-from ..nodes import runtime
-from ..nodes.camera_preview import render_camera_preview
-from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras
-from ..nodes.errors import NodeInputError, check_image, describe, input_error
-from ..nodes.families import ModelHandle, check_model
-from ..nodes.state_files import PendingReset, always_rerun, ask_reset, check_name, resetting, save_memory, state_path
+from ..nodes.comfy import runtime
+from ..nodes.cameras.preview import render_camera_preview
+from ..nodes.cameras.geometry import CAMERA_TYPE, CameraBatch, check_cameras
+from ..nodes.comfy.errors import NodeInputError, check_image, describe, input_error
+from ..nodes.comfy.families import ModelHandle, check_model
+from ..nodes.comfy.state_files import (PendingReset, always_rerun, ask_reset, check_name, resetting, save_memory,
+                                       state_path)
 from . import pipeline as P
-from ..nodes.weights import WeightsError
+from ..nodes.comfy.weights import WeightsError
 from .adapters import load_adapters
 from .bank import BankFileError, NonFiniteTurn, VideoMemoryBank
 from .dinov2 import NAME as DINOV2, segment_descriptor
@@ -42,7 +43,7 @@ RETRIEVAL = ("camera (VideoFOV)", "appearance (DINOv2)")
 class VideoMemory:
     """A named video memory file (what ``CVS_VIDEO_MEMORY`` carries). ``reset``: a reset asked
     for and not applied yet (while it holds, the memory reads as empty and the first turn
-    stored applies it, :mod:`..nodes.state_files`)."""
+    stored applies it, :mod:`..nodes.comfy.state_files`)."""
 
     name: str
     path: Path

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nodes import runtime
-from ..nodes.cameras import CameraBatch, relative_to
-from ..nodes.tensor_checks import module_place
+from ..nodes.comfy import runtime
+from ..nodes.cameras.geometry import CameraBatch, relative_to
+from ..nodes.comfy.runtime import module_place
 from .bank import Turn, VideoMemoryBank
 from .memory_forward import (DEFAULT_MERGE_BLOCKS, DEFAULT_MERGE_RATIO, CallReport, MemoryVideo, denoise,
                              tokenizer_for_rank)
@@ -137,7 +137,7 @@ def camera_rows(cameras: CameraBatch, frames: int, reference: Optional[torch.Ten
     - **Axes**: the relative pose ``rel = inv(reference) @ c2w_i`` is a camera-to-reference
       transform in OpenCV axes (x right, y down, z forward), the axes ReCamMaster's loader
       produces from its Unreal Engine files (see
-      :func:`~consistent_video.nodes.camera_formats.load_recammaster`).
+      :func:`~consistent_video.nodes.cameras.formats.load_recammaster`).
     - **12 numbers**: the top three rows of ``rel`` flattened row-major,
       ``[r00 r01 r02 tx  r10 r11 r12 ty  r20 r21 r22 tz]``.
     - **Scale**: translations in the batch's units, unscaled. ReCamMaster only divides its
@@ -205,7 +205,7 @@ def sample(model, user_latent: torch.Tensor, target_rows: torch.Tensor, text: to
     unconditional tokens. ``report`` gets the first call's token counts and merges. ``adapters``:
     ``(embedders, mergers)`` from :func:`.adapters.load_adapters` (default: parameter-free).
     ``progress(1)`` after every step; Cancel also stops a step before the next part of a
-    transformer block (:func:`~consistent_video.nodes.runtime.interruptible`)."""
+    transformer block (:func:`~consistent_video.nodes.comfy.runtime.interruptible`)."""
     embedders, mergers = adapters or ({}, {})
     device, dtype = module_place(model)
     generator = torch.Generator().manual_seed(int(settings.seed))

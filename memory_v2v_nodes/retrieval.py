@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..nodes.cameras import CameraBatch, relative_to
+from ..nodes.cameras.geometry import CameraBatch, relative_to
 
 GRID = (180, 360)  # latitude x longitude cells
 DEFAULT_LAMBDA = 0.5

@@ -17,8 +17,8 @@ from typing import Any, Sequence
 
 import torch
 
-from ..nodes.tensor_checks import module_place
-from ..nodes.weights import WeightsError
+from ..nodes.comfy.runtime import module_place
+from ..nodes.comfy.weights import WeightsError
 
 TEXT_LENGTH = 512
 TEXT_FILES = ("text_encoder/config.json", "tokenizer/tokenizer_config.json")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 import consistent_video  # noqa: F401  (registers every node and model family)
-from consistent_video.nodes import families, runtime
+from consistent_video.nodes.comfy import families, runtime
 
 
 @pytest.fixture(autouse=True)
@@ -92,22 +92,3 @@ def _dense_random_state(model, seed: int = 0) -> dict:
 def dense_random_state():
     """``dense_random_state(model, seed=0) -> state dict`` (see :func:`_dense_random_state`)."""
     return _dense_random_state
-
-
-
-@pytest.fixture(scope="module")
-def t2v(smoke_weights_dir):
-    """The VideoMV text-to-views smoke model on the CPU (float32)."""
-    import torch
-    from consistent_video.videomv_nodes import family as videomv_family
-    return families.get(videomv_family.T2V).load(smoke_weights_dir / videomv_family.T2V, torch.device("cpu"),
-                                                 torch.float32)
-
-
-@pytest.fixture(scope="module")
-def i2v(smoke_weights_dir):
-    """The VideoMV image-to-views smoke model on the CPU (float32)."""
-    import torch
-    from consistent_video.videomv_nodes import family as videomv_family
-    return families.get(videomv_family.I2V).load(smoke_weights_dir / videomv_family.I2V, torch.device("cpu"),
-                                                 torch.float32)

@@ -94,7 +94,7 @@ class Graph:
 
 def _defaults(cls: type) -> dict:
     """Every widget input at its declared default (the node as the menu creates it)."""
-    from consistent_video.nodes.workflow_format import input_specs
+    from consistent_video.nodes.comfy.contract import input_specs
 
     return {s.name: s.default() for s in input_specs(cls) if s.is_widget}
 
@@ -120,7 +120,7 @@ def build(class_type: str, node_classes: dict, smoke_entry: str, changes: Option
     """A prompt with ``class_type`` wired to providers and a ``PreviewAny`` sink; returns it
     and the target's id. ``changes`` sets widget values, ``links`` replaces link inputs
     (``{input: (provider class, inputs, slot)}``)."""
-    from consistent_video.nodes.workflow_format import input_specs
+    from consistent_video.nodes.comfy.contract import input_specs
 
     cls = node_classes[class_type]
     graph = Graph(node_classes, smoke_entry)
@@ -144,7 +144,7 @@ def build(class_type: str, node_classes: dict, smoke_entry: str, changes: Option
 def generated_cases(node_classes: dict, smoke_entry: str) -> list[Case]:
     """The mechanical cases: every FLOAT widget NaN, every INT widget one past its range,
     every COMBO a value not in it, every required link of another type."""
-    from consistent_video.nodes.workflow_format import input_specs
+    from consistent_video.nodes.comfy.contract import input_specs
 
     cases = []
     for class_type, cls in sorted(node_classes.items()):

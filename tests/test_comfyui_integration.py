@@ -31,7 +31,7 @@ from typing import Any, Optional
 
 import pytest
 
-from consistent_video.nodes import families
+from consistent_video.nodes.comfy import families
 
 from comfyui_frontend import Frontend, find_chromium, hidden_widgets, overlaps, write_user_settings
 
@@ -364,7 +364,7 @@ def _set_ints(prompt: dict, object_info: dict, values: dict) -> list[str]:
 def _api_prompt(path: Path, comfy: ComfyServer, work: Optional[dict] = None) -> dict:
     """The example as an API prompt (the pack's own converter) with its loaders on the
     smoke weights, each family's ``smoke_overrides`` applied (as the demo does), plus ``work``."""
-    from consistent_video.nodes.runner import load_workflow
+    from consistent_video.nodes.runner.execution import load_workflow
 
     prompt = load_workflow(path)
     for node_id, values in _smoke_widgets(comfy, prompt, path.name).items():
@@ -592,7 +592,7 @@ def test_frontend_reads_example_like_the_runner(frontend, workflow):
     """The frontend's own loader and graph-to-prompt turn each example into exactly the
     prompt the file means (the spec it was built from) and the runner's prompt; the file
     survives a load and save unchanged (links and slots); no node hides another."""
-    from consistent_video.nodes.runner import load_workflow
+    from consistent_video.nodes.runner.execution import load_workflow
 
     if workflow is None:
         pytest.fail(f"no example workflows (*.json) in {EXAMPLES_DIR}")

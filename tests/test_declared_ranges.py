@@ -18,10 +18,11 @@ from consistent_video.gvm_nodes import nodes as gvm_nodes
 from consistent_video.memory_v2v_nodes import nodes as v2v_nodes
 from consistent_video.memory_v2v_nodes import edit_pipeline as v2v_edit_pipeline
 from consistent_video.memory_v2v_nodes import pipeline as v2v_pipeline
-from consistent_video.nodes import camera_formats, trajectories, video_io, video_nodes
-from consistent_video.nodes.cameras import CameraBatch, intrinsics_from_fov
-from consistent_video.nodes.errors import NodeInputError
-from consistent_video.nodes.workflow_format import input_specs
+from consistent_video.nodes.cameras import formats as camera_formats, trajectories
+from consistent_video.nodes.video import video_io, video_nodes
+from consistent_video.nodes.cameras.geometry import CameraBatch, intrinsics_from_fov
+from consistent_video.nodes.comfy.errors import NodeInputError
+from consistent_video.nodes.comfy.contract import input_specs
 from consistent_video.videomv_nodes import nodes as videomv_nodes
 from consistent_video.videomv_nodes import pipeline as videomv_pipeline
 from consistent_video.vmem_nodes import nodes as surfel_nodes
@@ -71,7 +72,7 @@ def call(cls, **overrides):
 @pytest.fixture(scope="module")
 def things(tmp_path_factory):
     """Inputs the nodes need: cameras, a ReCamMaster file (uses width, height and fov_deg), splats."""
-    from consistent_video.nodes.splat_nodes import CVS_LoadSplats
+    from consistent_video.nodes.splats.splat_nodes import CVS_LoadSplats
     folder = tmp_path_factory.mktemp("ranges")
     cams = CameraBatch.identity(3, 32, 32)
     recammaster = camera_formats.save_recammaster(cams, folder / "camera_extrinsics.json")
@@ -208,7 +209,7 @@ def run_checks(node_id, name, value, things, monkeypatch, request):
 
 @pytest.fixture(scope="module")
 def videoscene_handle(smoke_weights_dir):
-    from consistent_video.nodes import families
+    from consistent_video.nodes.comfy import families
     from consistent_video.videoscene_nodes import family as fam
     return families.get(fam.NAME).load(smoke_weights_dir / fam.NAME, torch.device("cpu"), torch.float32)
 

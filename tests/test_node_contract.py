@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 
 import consistent_video
-from consistent_video.nodes.errors import NodeInputError, input_error
-from consistent_video.nodes.runner import load_workflow
-from consistent_video.nodes.workflow_format import input_specs, is_ui_format
+from consistent_video.nodes.comfy.errors import NodeInputError, input_error
+from consistent_video.nodes.runner.execution import load_workflow
+from consistent_video.nodes.comfy.contract import input_specs
+from consistent_video.nodes.runner.workflow_format import is_ui_format
 
 NODES = consistent_video.NODE_CLASS_MAPPINGS
 EXAMPLES = Path(consistent_video.__file__).parent / "example_workflows"
@@ -78,7 +79,7 @@ def test_every_float_input_refuses_non_finite_numbers_before_any_work(node_id, s
 
 
 def test_the_float_guard_reads_positional_arguments_and_wraps_once():
-    from consistent_video.nodes.input_guard import guard_float_inputs
+    from consistent_video.nodes.comfy.input_guard import guard_float_inputs
     from consistent_video.vmem_nodes.nodes import CVS_SurfelMemory
     function = CVS_SurfelMemory.open
     assert guard_float_inputs(CVS_SurfelMemory, "again").open is function

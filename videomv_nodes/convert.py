@@ -60,7 +60,7 @@ from typing import Mapping, Optional
 
 import torch
 
-from ..nodes.weights import WeightsError, load_strict, read_checkpoint
+from ..nodes.comfy.weights import WeightsError, load_strict, read_checkpoint
 from .model import VideoMVI2VUNet, VideoMVT2VUNet, config_for_release, i2v_config_for_release
 
 SET_ASIDE_PREFIX = "lgm_big."
@@ -258,7 +258,7 @@ def convert_t2v(state: Mapping[str, torch.Tensor], config: Optional[Mapping] = N
     of the VGen layout (module doc); otherwise a ValueError names the unconsumed keys.
     The temporal transformers' Conv1d ``proj_in``/``proj_out`` weights ``[out, in, 1]``
     become Linear weights ``[out, in]``; tensors are otherwise passed through (no copy).
-    Missing keys and shapes are checked when loading (``nodes.weights.load_strict``).
+    Missing keys and shapes are checked when loading (``nodes.comfy.weights.load_strict``).
     """
     body, set_aside = _split_set_aside(state)
     _refuse_foreign(list(body), "T2V")
@@ -430,7 +430,7 @@ def load_t2v_unet(path, dtype: torch.dtype = torch.float32, config: Optional[Map
     ``.safetensors`` with the same keys. ``config``: ``VideoMVT2VUNet`` arguments (default:
     the release's structure with the widths read from the shapes, :func:`infer_config`). Returns the network (CPU, ``dtype``, eval mode, no gradients) and the
     set-aside ``lgm_big.*`` tensors. Unreadable files, unconsumed, missing or mis-shaped
-    keys raise :class:`~consistent_video.nodes.weights.WeightsError` naming them.
+    keys raise :class:`~consistent_video.nodes.comfy.weights.WeightsError` naming them.
     """
     return _load_unet(path, dtype, config, config_for_release(), "VideoMV T2V UNet", convert_t2v, VideoMVT2VUNet)
 

@@ -55,7 +55,7 @@ at the chosen loop indices it returns the guided x0 converted to the scheduler's
 diffusers' DDIM step recovers exactly that x0 and the eps of step 8.
 
 Cameras (:func:`lgm_poses`): with ``C_i`` our OpenCV camera-to-world poses, VideoMV's data is
-``M_i = W C_i G`` (:func:`~consistent_video.nodes.camera_formats.to_videomv_cameras`,
+``M_i = W C_i G`` (:func:`~consistent_video.nodes.cameras.formats.to_videomv_cameras`,
 ``G = diag(1,-1,-1,1)``); the row operations are one more world rotation and the column
 negation is a right-multiplication by ``G``, so the normalised pose is
 ``P_i = [I | (0,0,d)] C_0^-1 C_i`` (``G G = I``; world rotations cancel in ``pose_0^-1 pose_i``).
@@ -79,11 +79,11 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras
-from ..nodes.cameras import CameraBatch, intrinsics_from_fov, plucker_rays
-from ..nodes.gaussians import GaussianScene
-from ..nodes.splat_render import render
-from ..nodes.vae import LatentCodec
+from ..nodes.cameras.formats import VIDEOMV_FOV_DEG, to_videomv_cameras
+from ..nodes.cameras.geometry import CameraBatch, intrinsics_from_fov, plucker_rays
+from ..nodes.splats.gaussians import GaussianScene
+from ..nodes.splats.render import render
+from ..nodes.encoders.vae import LatentCodec
 from . import pipeline
 
 REFINE_STEPS = (20, 30, 40)
@@ -177,7 +177,7 @@ def lgm_input(x0: torch.Tensor, codec: LatentCodec, rays: torch.Tensor,
 
 # ---- render -> latents -------------------------------------------------------------------------
 def splat_renderer(near: float = RASTER_NEAR, backend: str = "auto") -> Renderer:
-    """The default renderer: :func:`~consistent_video.nodes.splat_render.render` (SH-degree-0
+    """The default renderer: :func:`~consistent_video.nodes.splats.render.render` (SH-degree-0
     scenes give precomputed colours) over a grey background, clamped to [0,1] like LGM's."""
     def renderer(scene: GaussianScene, cameras: CameraBatch, background: float) -> torch.Tensor:
         rgb = render(scene, cameras, background=(background,) * 3, near=near, backend=backend)[0]

@@ -38,11 +38,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from ..nodes import families
-from ..nodes.clip_text import TOKENIZER_OPTIONAL_FILES, load_clip_tokenizer, write_smoke_tokenizer
-from ..nodes.open_clip_weights import SMOKE_SIZE, load_open_clip, write_smoke_open_clip
-from ..nodes.vae import load_ldm_vae, write_smoke_ldm_vae
-from ..nodes.weights import WeightsError, is_smoke, random_state
+from ..nodes.comfy import families
+from ..nodes.encoders.clip_text import TOKENIZER_OPTIONAL_FILES, load_clip_tokenizer, write_smoke_tokenizer
+from ..nodes.encoders.open_clip_weights import SMOKE_SIZE, load_open_clip, write_smoke_open_clip
+from ..nodes.encoders.vae import load_ldm_vae, write_smoke_ldm_vae
+from ..nodes.comfy.weights import WeightsError, is_smoke, random_state
 from .convert import load_i2v_unet, load_t2v_unet, to_vgen, to_vgen_i2v
 from .lgm import VIDEOMV_PREFIX, load_lgm, smoke_state as lgm_smoke_state
 from .model import VideoMVI2VUNet, VideoMVT2VUNet, config_for_release, i2v_config_for_release

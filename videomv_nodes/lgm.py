@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nodes.gaussians import GaussianScene, rgb_to_sh_dc
-from ..nodes.weights import WeightsError, load_strict, random_state, read_state_dict
+from ..nodes.splats.gaussians import GaussianScene, rgb_to_sh_dc
+from ..nodes.comfy.weights import WeightsError, load_strict, random_state, read_state_dict
 
 VIDEOMV_PREFIX = "lgm_big."
 """Prefix of LGM's keys inside VideoMV's UNet checkpoints (``convert.SET_ASIDE_PREFIX``)."""
@@ -387,7 +387,7 @@ def load_lgm(source: Union[str, Path, Mapping[str, torch.Tensor]], dtype: torch.
     that :func:`.convert.load_t2v_unet` sets aside. ``config``: default :func:`infer_config`.
     Returns the network on the CPU in ``dtype``, eval mode, no gradients. Another model's
     tensors, missing, unexpected or mis-shaped keys raise
-    :class:`~consistent_video.nodes.weights.WeightsError` naming them.
+    :class:`~consistent_video.nodes.comfy.weights.WeightsError` naming them.
     """
     if isinstance(source, Mapping):
         state = dict(source)

@@ -8,16 +8,16 @@ import logging
 
 import torch
 
-from ..nodes import runtime
-from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras
-from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
-from ..nodes.clip import TransformersCLIPEmbedder
-from ..nodes.clip_text import TransformersCLIPTextEmbedder
-from ..nodes.errors import NodeInputError, check_image, check_mask
-from ..nodes.families import ModelHandle, check_model
-from ..nodes.gaussians import GaussianScene
-from ..nodes.splat_nodes import GAUSSIANS_TYPE
-from ..nodes.vae import SD_SCALING_FACTOR, DiffusersVAECodec
+from ..nodes.comfy import runtime
+from ..nodes.cameras.formats import VIDEOMV_FOV_DEG, to_videomv_cameras
+from ..nodes.cameras.geometry import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
+from ..nodes.encoders.clip import TransformersCLIPEmbedder
+from ..nodes.encoders.clip_text import TransformersCLIPTextEmbedder
+from ..nodes.comfy.errors import NodeInputError, check_image, check_mask
+from ..nodes.comfy.families import ModelHandle, check_model
+from ..nodes.splats.gaussians import GaussianScene
+from ..nodes.splats.splat_nodes import GAUSSIANS_TYPE
+from ..nodes.encoders.vae import SD_SCALING_FACTOR, DiffusersVAECodec
 from . import denoise_3d
 from .family import FAMILIES, I2V, LGM_FILE, MANUAL_DOWNLOAD, T2V
 from .lgm import to_gaussian_scene

@@ -5,7 +5,7 @@ What VideoMV's entrance scripts do (``tools/inferences/inference_text2video_entr
 
 - **Noise** ``[1, 4, F, H/8, W/8]`` standard normal (here from a CPU generator seeded with
   ``seed``, so a seed gives the same views on every device).
-- **Cameras**: per view the 16 floats of :func:`~consistent_video.nodes.camera_formats.to_videomv_cameras`,
+- **Cameras**: per view the 16 floats of :func:`~consistent_video.nodes.cameras.formats.to_videomv_cameras`,
   the same in both branches.
 - **T2V**: conditional text = the prompt with ", 3d asset" appended
   (:func:`.schedules.t2v_prompt`); unconditional text = :data:`NEGATIVE_PROMPT`.
@@ -24,7 +24,7 @@ VideoMV's second, 3D-aware loop (LGM reconstructions at steps 20/30/40) is
 
 Shapes: images ``[N,H,W,3]`` float 0..1 (ComfyUI IMAGE); latents ``[F,4,H/8,W/8]`` in the
 diffusion space (VAE mean x 0.18215); cameras a :class:`~consistent_video.nodes.cameras.CameraBatch`
-in the pack's OpenCV convention (VideoMV's orbit is :func:`~consistent_video.nodes.trajectories.orbit`).
+in the pack's OpenCV convention (VideoMV's orbit is :func:`~consistent_video.nodes.cameras.trajectories.orbit`).
 """
 from __future__ import annotations
 
@@ -34,13 +34,14 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..nodes import runtime, trajectories
-from ..nodes.camera_formats import VIDEOMV_FOV_DEG, to_videomv_cameras
-from ..nodes.cameras import CameraBatch
-from ..nodes.clip import ImageEmbedder
-from ..nodes.clip_text import TextEmbedder
-from ..nodes.tensor_checks import module_place
-from ..nodes.vae import LatentCodec
+from ..nodes.comfy import runtime
+from ..nodes.cameras import trajectories
+from ..nodes.cameras.formats import VIDEOMV_FOV_DEG, to_videomv_cameras
+from ..nodes.cameras.geometry import CameraBatch
+from ..nodes.encoders.clip import ImageEmbedder
+from ..nodes.encoders.clip_text import TextEmbedder
+from ..nodes.comfy.runtime import module_place
+from ..nodes.encoders.vae import LatentCodec
 from .schedules import NUM_STEPS, RESOLUTION, i2v_scheduler, t2v_prompt, t2v_scheduler
 
 NEGATIVE_PROMPT = ("Distorted, discontinuous, Ugly, blurry, low resolution, disfigured, disconnected limbs, "
@@ -163,9 +164,9 @@ def sample_latents(unet: torch.nn.Module, mode: str, conditioning: dict, camera_
 
     ``conditioning``: the UNet inputs for the batch ``[conditional, unconditional]``
     (:func:`t2v_conditioning` / :func:`i2v_conditioning`); ``camera_data`` ``[F, 16]``
-    (:func:`~consistent_video.nodes.camera_formats.to_videomv_cameras`). ``progress(1)`` after
+    (:func:`~consistent_video.nodes.cameras.formats.to_videomv_cameras`). ``progress(1)`` after
     every step (raising there, e.g. on Cancel, stops the loop); Cancel also stops a step
-    before its next UNet block (:func:`~consistent_video.nodes.runtime.interruptible`).
+    before its next UNet block (:func:`~consistent_video.nodes.comfy.runtime.interruptible`).
     ``step_hook`` (:data:`StepHook`) may replace a step's guided output (VideoMV's 3D-aware steps).
     """
     device, dtype = module_place(unet)

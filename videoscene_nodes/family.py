@@ -30,11 +30,11 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKLCogVideoX, CogVideoXTransformer3DModel
 
-from ..nodes import families
-from ..nodes.jsonfile import write_json
-from ..nodes.weights import (COMPONENT_INDEX, COMPONENT_WEIGHTS, WeightsError, is_smoke, load_strict, load_weights_only,
-                             random_state, read_component_weights, read_json, read_state_dict,
-                             write_component_weights)
+from ..nodes.comfy import families
+from ..nodes.comfy.jsonfile import write_json
+from ..nodes.comfy.weights import (COMPONENT_INDEX, COMPONENT_WEIGHTS, WeightsError, is_smoke, load_strict,
+                                   load_weights_only, random_state, read_component_weights, read_json, read_state_dict,
+                                   write_component_weights)
 from .pipeline import SCHEDULER_CONFIG, make_scheduler
 
 log = logging.getLogger("consistent_video")

@@ -1,7 +1,7 @@
 """VideoScene node: refine a coarse render (splat render, or any video) in one network pass.
 
 Thin: the pass is :mod:`.pipeline`, the size mapping :mod:`.fit`, the weights :mod:`.family`.
-The splat loader and renderer that feed it are shared nodes (:mod:`..nodes.splat_nodes`).
+The splat loader and renderer that feed it are shared nodes (:mod:`..nodes.splats.splat_nodes`).
 """
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import logging
 
 import torch
 
-from ..nodes import runtime
-from ..nodes.cameras import CAMERA_TYPE
-from ..nodes.splat_nodes import GAUSSIANS_TYPE
-from ..nodes.errors import NodeInputError, check_image
-from ..nodes.families import check_model
+from ..nodes.comfy import runtime
+from ..nodes.cameras.geometry import CAMERA_TYPE
+from ..nodes.splats.splat_nodes import GAUSSIANS_TYPE
+from ..nodes.comfy.errors import NodeInputError, check_image
+from ..nodes.comfy.families import check_model
 from .family import NAME, describe_report
 from .fit import MODES, Placement, model_frame_indices, output_frame_indices
 from .noposplat import IMAGE_SIZE

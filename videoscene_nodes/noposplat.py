@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..nodes.gaussians import GaussianScene
+from ..nodes.splats.gaussians import GaussianScene
 
 HEAD_DIM = 64
 """Attention head width of the release (and of every CroCo/DUSt3R model)."""

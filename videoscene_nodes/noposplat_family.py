@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-from ..nodes import families
-from ..nodes.weights import (WeightsError, check_state_dict, is_smoke, load_strict, random_state,
-                             read_checkpoint)
+from ..nodes.comfy import families
+from ..nodes.comfy.weights import WeightsError, check_state_dict, is_smoke, load_strict, random_state, read_checkpoint
 from .noposplat import NoPoSplat, NoPoSplatConfig, duplicate_key_pairs
 
 log = logging.getLogger("consistent_video")

@@ -26,7 +26,7 @@ from diffusers import AutoencoderKLCogVideoX, CogVideoXDDIMScheduler, CogVideoXT
 from diffusers.models.embeddings import get_3d_rotary_pos_embed
 from diffusers.pipelines.cogvideo.pipeline_cogvideox_image2video import get_resize_crop_region_for_grid
 
-from ..nodes import runtime
+from ..nodes.comfy import runtime
 
 DEFAULT_TIMESTEP = 459
 """The released demo's ``noise_timestep=460`` minus one (the code draws from ``[460 - 1, 460)``)."""
@@ -116,7 +116,7 @@ def refine(transformer: CogVideoXTransformer3DModel, vae: AutoencoderKLCogVideoX
     conditioned on ``first`` / ``last`` ``[3, H, W]``; returns ``[F, 3, H, W]`` float32 in about
     [-1, 1]. ``progress(1)`` is called after each of the four stages (encode, conditions,
     transformer, decode); it may raise to cancel. Cancel also stops a stage before the next
-    block of the transformer or the VAE (:func:`~consistent_video.nodes.runtime.interruptible`).
+    block of the transformer or the VAE (:func:`~consistent_video.nodes.comfy.runtime.interruptible`).
     """
     shape = geometry(transformer, vae)
     if tuple(video.shape) != (shape.frames, 3, shape.height, shape.width):

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..nodes.cameras import CameraBatch, pixel_grid, rigid_inverse, scale_intrinsics
-from ..nodes.gaussians import GaussianScene
-from ..nodes.splat_render import render
+from ..nodes.cameras.geometry import CameraBatch, pixel_grid, rigid_inverse, scale_intrinsics
+from ..nodes.splats.gaussians import GaussianScene
+from ..nodes.splats.render import render
 
 # ---- PnP settings of the original -------------------------------------------------------------
 # NoPoSplat src/misc/cam_utils.py get_pnp_pose, lines 158-180 (cvg/NoPoSplat 9b04307), copied
@@ -245,7 +245,7 @@ def refine_pose(gaussians: GaussianScene, image: torch.Tensor, c2w: torch.Tensor
     """Refine a view's pose by gradient descent on a photometric loss against its image.
 
     Each step renders ``gaussians`` (fixed, no gradient) from the current pose with the pack's
-    differentiable rasteriser (:func:`~consistent_video.nodes.splat_render.render`, black
+    differentiable rasteriser (:func:`~consistent_video.nodes.splats.render.render`, black
     background as the original), evaluates :func:`photometric_loss` against ``image`` and takes
     an Adam step on a twist ``tau = (rho, theta)`` that is zero before every step; the pose
     becomes ``w2c <- se3_exp(tau) @ w2c`` (a perturbation in the camera frame) and ``tau`` is

@@ -23,9 +23,9 @@ from typing import Callable, Optional
 
 import torch
 
-from ..nodes.cameras import CameraBatch
-from ..nodes.gaussians import GaussianScene
-from ..nodes.splat_render import ALPHA_MIN
+from ..nodes.cameras.geometry import CameraBatch
+from ..nodes.splats.gaussians import GaussianScene
+from ..nodes.splats.render import ALPHA_MIN
 from . import pose
 from .noposplat import DEFAULT_INTRINSICS, IMAGE_SIZE, NoPoSplat, prepare_images
 

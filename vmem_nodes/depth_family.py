@@ -18,9 +18,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..nodes import families, runtime
-from ..nodes.jsonfile import write_json
-from ..nodes.weights import WeightsError, is_smoke, load_strict, read_json, read_state_dict
+from ..nodes.comfy import families, runtime
+from ..nodes.comfy.jsonfile import write_json
+from ..nodes.comfy.weights import WeightsError, is_smoke, load_strict, read_json, read_state_dict
 
 FAMILY = "depth_anything_v2"
 FILES = ("config.json", "model.safetensors", "preprocessor_config.json")

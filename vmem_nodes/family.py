@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from ..nodes import families
-from ..nodes.clip import load_image_encoder, write_smoke_image_encoder
-from ..nodes.jsonfile import read_json_object
-from ..nodes.vae import load_vae, write_smoke_vae
-from ..nodes.weights import WeightsError, is_smoke, load_strict, random_state, read_state_dict
+from ..nodes.comfy import families
+from ..nodes.encoders.clip import load_image_encoder, write_smoke_image_encoder
+from ..nodes.comfy.jsonfile import read_json_object
+from ..nodes.encoders.vae import load_vae, write_smoke_vae
+from ..nodes.comfy.weights import WeightsError, is_smoke, load_strict, random_state, read_state_dict
 from .model import SevaParams, SevaUNet, infer_params, strip_prefix
 
 VMEM, SEVA = "vmem", "seva"

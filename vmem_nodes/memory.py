@@ -28,12 +28,11 @@ from typing import Optional, Union
 import torch
 from safetensors.torch import save_file
 
-from ..nodes.cameras import CameraBatch
-from ..nodes.tensor_files import read_versioned, read_versioned_metadata, write_atomic
-from .pointmaps import Pointmaps
+from ..nodes.cameras.geometry import CameraBatch
+from ..nodes.comfy.tensor_files import read_versioned, read_versioned_metadata, write_atomic
 from .retrieval import Retrieval, RetrievalSettings, SurfelRender, render_surfels, retrieve
 from .surfel_index import MergeSettings, Rows, SurfelIndex
-from .surfels import SurfelInputError, SurfelSettings, check_pointmaps, surfels_from_pointmaps
+from .surfels import Pointmaps, SurfelInputError, SurfelSettings, check_pointmaps, surfels_from_pointmaps
 
 FORMAT = "consistent_video.surfel_memory"
 FORMAT_VERSION = 1

@@ -11,15 +11,16 @@ import logging
 
 import torch
 
-from ..nodes import runtime, trajectories
-from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
-from ..nodes.clip import ComfyCLIPVisionEmbedder, TransformersCLIPEmbedder
-from ..nodes.errors import NodeInputError, check_image
-from ..nodes.families import ModelHandle, check_model
+from ..nodes.comfy import runtime
+from ..nodes.cameras import trajectories
+from ..nodes.cameras.geometry import CAMERA_TYPE, CameraBatch, check_cameras, intrinsics_from_fov
+from ..nodes.encoders.clip import ComfyCLIPVisionEmbedder, TransformersCLIPEmbedder
+from ..nodes.comfy.errors import NodeInputError, check_image
+from ..nodes.comfy.families import ModelHandle, check_model
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .family import FAMILIES
 from .navigation import FIT_MODES, NavigationSettings, Navigator, crop_region, fit_square, square_cameras
-from ..nodes.state_files import always_rerun
+from ..nodes.comfy.state_files import always_rerun
 from .nodes import CATEGORY, MEMORY_TYPE, _changing, _check_bank, _save, _summary, latent_codec
 from .pipeline import GenerationError, GenerationSettings
 from .pointmaps import DepthModelProvider

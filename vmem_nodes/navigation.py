@@ -25,9 +25,9 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..nodes.cameras import CameraBatch
-from ..nodes.clip import ImageEmbedder
-from ..nodes.vae import LatentCodec
+from ..nodes.cameras.geometry import CameraBatch
+from ..nodes.encoders.clip import ImageEmbedder
+from ..nodes.encoders.vae import LatentCodec
 from .memory import StepReport, SurfelMemory
 from .model import SevaUNet
 from .pipeline import GenerationError, GenerationSettings, build_conditioning, sample_latents
@@ -124,7 +124,7 @@ class Navigator:
 
     Args:
         unet: the SEVA UNet (on ``device`` in ``dtype`` when called).
-        codec / embedder: the VAE and CLIP image encoder adapters (:mod:`..nodes.vae`, :mod:`..nodes.clip`).
+        codec / embedder: the VAE and CLIP image encoder adapters (:mod:`..nodes.encoders.vae`, :mod:`..nodes.encoders.clip`).
         provider: geometry of new frames (:mod:`.pointmaps`).
         progress: ``progress(n)`` after each unit of work (:meth:`units_per_step` per
             step); it may raise to cancel.

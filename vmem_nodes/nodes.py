@@ -9,7 +9,7 @@ saves atomically only after everything succeeded; a failed or cancelled run leav
 exactly as it was and drops the changed copy. Every node re-runs
 on every queue (the file is the state), so chain the memory output from node to node to
 fix their order. A reset is applied by the first node that stores into the memory
-(:mod:`..nodes.state_files`); until then the file is untouched and readers see it empty.
+(:mod:`..nodes.comfy.state_files`); until then the file is untouched and readers see it empty.
 """
 from __future__ import annotations
 
@@ -22,20 +22,21 @@ from typing import Optional
 
 import torch
 
-from ..nodes import camera_preview, runtime
-from ..nodes.cameras import CAMERA_TYPE, CameraBatch, check_cameras, unproject
-from ..nodes.errors import NodeInputError, check_image, check_mask, describe
-from ..nodes.families import ModelHandle, check_model
-from ..nodes.state_files import (EXTENSION, PendingReset, always_rerun, ask_reset, check_name, identity, resetting,
-                                 save_memory, state_path)
-from ..nodes.vae import ComfyVAECodec, DiffusersVAECodec, LatentCodec
+from ..nodes.cameras import preview as camera_preview
+from ..nodes.comfy import runtime
+from ..nodes.cameras.geometry import CAMERA_TYPE, CameraBatch, check_cameras, unproject
+from ..nodes.comfy.errors import NodeInputError, check_image, check_mask, describe
+from ..nodes.comfy.families import ModelHandle, check_model
+from ..nodes.comfy.state_files import (EXTENSION, PendingReset, always_rerun, ask_reset, check_name, identity,
+                                       resetting, save_memory, state_path)
+from ..nodes.encoders.vae import ComfyVAECodec, DiffusersVAECodec, LatentCodec
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .family import FAMILIES
 from .memory import MemoryFileError, SurfelMemory
-from .pointmaps import DepthModelProvider, Pointmaps
+from .pointmaps import DepthModelProvider
 from .retrieval import RetrievalSettings
 from .surfel_index import MergeSettings
-from .surfels import SurfelInputError, SurfelSettings
+from .surfels import Pointmaps, SurfelInputError, SurfelSettings
 
 log = logging.getLogger("consistent_video")
 

@@ -22,8 +22,8 @@ from typing import Callable, Optional
 
 import torch
 
-from ..nodes import runtime
-from ..nodes.cameras import CameraBatch, normalize_cameras, plucker_rays
+from ..nodes.comfy import runtime
+from ..nodes.cameras.geometry import CameraBatch, normalize_cameras, plucker_rays
 from .model import SevaUNet
 from .sampling import GUIDERS, DDPMSchedule, EpsDenoiser, euler_sample, guidance_scales
 
@@ -126,7 +126,7 @@ def sample_latents(unet: SevaUNet, conditioning: Conditioning, settings: Generat
     Both guidance branches run in one network call on a doubled batch (unconditional
     first). The noise is drawn on the CPU from ``seed``, so results do not depend on the
     device's random generator. Cancel stops the sampling inside a network call, before the
-    next UNet block (:func:`~consistent_video.nodes.runtime.interruptible`).
+    next UNet block (:func:`~consistent_video.nodes.comfy.runtime.interruptible`).
     """
     settings.validate()
     T = len(conditioning.cameras)

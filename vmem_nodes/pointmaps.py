@@ -1,7 +1,7 @@
 """Pointmap providers: frames + cameras -> world points, depth and confidence.
 
-The memory builds surfels from per-pixel world points. Where they come from is behind one
-interface, :class:`PointmapProvider`:
+The memory builds surfels from per-pixel world points (:class:`~.surfels.Pointmaps`). Where
+they come from is behind one interface, :class:`PointmapProvider`:
 
 - :class:`AnalyticProvider` ray-casts a scene of rectangles (tests, benchmarks, demos);
 - :class:`DepthModelProvider` runs a monocular depth estimator from ``transformers``
@@ -10,7 +10,7 @@ interface, :class:`PointmapProvider`:
   memory's rendered depth to the predicted depth over the pixels where surfels are seen.
 
 VMem itself uses CUT3R with a global alignment (non-commercial weights); such a provider
-fits the same interface. Cameras follow :mod:`consistent_video.nodes.cameras` (OpenCV
+fits the same interface. Cameras follow :mod:`consistent_video.nodes.cameras.geometry` (OpenCV
 c2w, normalised K, pixel centres at +0.5, z-depth).
 """
 from __future__ import annotations
@@ -23,24 +23,11 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 
-from ..nodes.cameras import CameraBatch, camera_rays, unproject
-from .surfels import SurfelInputError
+from ..nodes.cameras.geometry import CameraBatch, camera_rays, unproject
+from .surfels import Pointmaps, SurfelInputError
 
 if TYPE_CHECKING:
     from .memory import SurfelMemory
-
-
-@dataclass
-class Pointmaps:
-    """Per-pixel geometry of N frames: world ``points [N,H,W,3]``, z-``depth [N,H,W]`` and
-    ``confidence [N,H,W]`` (1 = valid, 0 = no geometry; finite points everywhere)."""
-
-    points: torch.Tensor
-    depth: torch.Tensor
-    confidence: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.points.shape[0]
 
 
 class PointmapProvider(ABC):

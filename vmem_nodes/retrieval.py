@@ -1,7 +1,7 @@
 """Which memorised views to condition on: render surfels, vote, rank, select.
 
 For a query camera (OpenCV c2w, K normalised by image size; see
-:mod:`consistent_video.nodes.cameras`):
+:mod:`consistent_video.nodes.cameras.geometry`):
 
 1. **Render** the surfels as oriented disks into a ``render_width`` wide image with the
    query's intrinsics, focal lengths times ``focal_scale`` (0.65 in VMem, a wider view
@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..nodes.cameras import rigid_inverse
+from ..nodes.cameras.geometry import rigid_inverse
 from .surfel_index import SurfelIndex, float_keys
 from .surfels import SurfelInputError
 

@@ -2,7 +2,7 @@
 
 A surfel is an oriented disk in world space: centre ``position [3]``, unit ``normal [3]``
 pointing towards the camera that observed it, and ``radius`` (world units). Cameras
-follow :mod:`consistent_video.nodes.cameras`: OpenCV camera-to-world ``c2w [N,4,4]``
+follow :mod:`consistent_video.nodes.cameras.geometry`: OpenCV camera-to-world ``c2w [N,4,4]``
 (x right, y down, z forward) and intrinsics ``K [N,3,3]`` normalised by the image size.
 
 One frame's pointmap ``[H,W,3]`` becomes at most ``gh x gw`` surfels:
@@ -39,6 +39,19 @@ class SurfelInputError(ValueError):
     def __init__(self, argument: str, problem: str, expected: str):
         self.argument, self.problem, self.expected = argument, problem, expected
         super().__init__(f"{argument} {problem}; expected {expected}")
+
+
+@dataclass
+class Pointmaps:
+    """Per-pixel geometry of N frames: world ``points [N,H,W,3]``, z-``depth [N,H,W]`` and
+    ``confidence [N,H,W]`` (1 = valid, 0 = no geometry; finite points everywhere)."""
+
+    points: torch.Tensor
+    depth: torch.Tensor
+    confidence: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.points.shape[0]
 
 
 @dataclass(frozen=True)
