@@ -27,6 +27,10 @@ Input images are RGB 0..1, normalised to -1..1 (mean = std = 0.5). The release a
 intrinsics fx = fy = 0.8, cx = cy = 0.5 (normalised by width/height) and renders with
 near 0.1, far 100.
 
+The transformer blocks come from :mod:`..nodes.networks.croco`, the DPT trunk and the points
+heads from :mod:`..nodes.networks.dpt` (shared with other CroCo-family models); this module
+adds the NoPoSplat parts (intrinsics token, Gaussian head, activations).
+
 Sizes (widths, depths, DPT channels, SH degree) come from the checkpoint's shapes
 (:meth:`NoPoSplatConfig.from_state_dict`); attention heads are ``width / 64`` as in the
 release (ViT-L 1024/16, base decoder 768/12).
@@ -41,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..nodes.networks.croco import NORM_EPS, DecoderBlock, EncoderBlock, PatchEmbed
+from ..nodes.networks.dpt import DPTAdapter, DPTTrunk, PixelHead, upsample2x
 from ..nodes.splats.gaussians import GaussianScene
 
 HEAD_DIM = 64
@@ -89,6 +95,11 @@ class NoPoSplatConfig:
         return (0, n * 2 // 4, n * 3 // 4, n)
 
     @property
+    def dpt_dims_in(self) -> tuple[int, int, int, int]:
+        """Token widths of the layers :attr:`hooks` (the encoder's, then three decoder layers)."""
+        return (self.enc_dim, self.dec_dim, self.dec_dim, self.dec_dim)
+
+    @property
     def gaussian_channels(self) -> int:
         """Raw Gaussian head channels: opacity, 3 scales, 4 quaternion, 3 (d+1)^2 SH."""
         return 1 + 7 + 3 * (self.sh_degree + 1) ** 2
@@ -134,155 +145,34 @@ class NoPoSplatConfig:
                    dpt_features=features, dpt_last_dim=last_dim, sh_degree=degree)
 
 
-# --------------------------------------------------------------------------- RoPE and blocks
-def patch_positions(batch: int, grid_h: int, grid_w: int, device=None) -> torch.Tensor:
-    """``[batch, grid_h * grid_w, 2]`` long ``(row, column)`` of each patch token, row-major."""
-    rows, cols = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device),
-                                indexing="ij")
-    return torch.stack([rows, cols], -1).reshape(1, -1, 2).expand(batch, -1, -1)
-
-
-def rope_2d(x: torch.Tensor, positions: torch.Tensor, base: float = 100.0) -> torch.Tensor:
-    """CroCo's 2-D rotary embedding of ``x [B, heads, N, d]`` at ``positions [B, N, 2]`` (row, col).
-
-    The first half of each head's channels encodes the row, the second the column; within
-    a half of width ``h``, channel ``i < h/2`` pairs with ``i + h/2`` and is rotated by
-    ``pos * base^(-2i/h)``. ``d`` must be a multiple of 4.
-    """
-    d = x.shape[-1]
-    if d % 4:
-        raise ValueError(f"rope_2d: head width {d} is not a multiple of 4")
-    half = d // 2
-    inv_freq = base ** (-torch.arange(0, half, 2, device=x.device, dtype=torch.float32) / half)
-    out = []
-    for axis, part in enumerate(x.chunk(2, dim=-1)):
-        angle = positions[..., axis].to(torch.float32)[..., None] * inv_freq  # [B, N, h/2]
-        angle = torch.cat([angle, angle], -1)[:, None].to(x.dtype)
-        first, second = part.chunk(2, dim=-1)
-        out.append(part * angle.cos() + torch.cat([-second, first], -1) * angle.sin())
-    return torch.cat(out, -1)
-
-
-class Mlp(nn.Module):
-    """``fc2(gelu(fc1(x)))`` (exact GELU)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
-
-
-def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, n, c = x.shape
-    return x.reshape(b, n, heads, c // heads).transpose(1, 2)
-
-
-def _merge(x: torch.Tensor) -> torch.Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with 2-D RoPE on queries and keys (``qkv``, ``proj``)."""
-
-    def __init__(self, dim: int, heads: int, rope_base: float):
-        super().__init__()
-        self.heads, self.rope_base = heads, rope_base
-        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        q, k, v = (_heads(t, self.heads) for t in self.qkv(x).chunk(3, dim=-1))
-        q, k = rope_2d(q, pos, self.rope_base), rope_2d(k, pos, self.rope_base)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
-
-
-class CrossAttention(nn.Module):
-    """Queries from one view, keys/values from the other (``projq/projk/projv``, ``proj``), RoPE on both."""
-
-    def __init__(self, dim: int, heads: int, rope_base: float):
-        super().__init__()
-        self.heads, self.rope_base = heads, rope_base
-        self.projq, self.projk, self.projv = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, memory_pos: torch.Tensor):
-        q = rope_2d(_heads(self.projq(x), self.heads), pos, self.rope_base)
-        k = rope_2d(_heads(self.projk(memory), self.heads), memory_pos, self.rope_base)
-        v = _heads(self.projv(memory), self.heads)
-        return self.proj(_merge(F.scaled_dot_product_attention(q, k, v)))
-
-
-def _norm(dim: int) -> nn.LayerNorm:
-    return nn.LayerNorm(dim, eps=1e-6)
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm ViT block: ``x + attn(norm1 x)``, then ``x + mlp(norm2 x)``."""
-
-    def __init__(self, dim: int, heads: int, mlp: int, rope_base: float):
-        super().__init__()
-        self.norm1, self.attn = _norm(dim), SelfAttention(dim, heads, rope_base)
-        self.norm2, self.mlp = _norm(dim), Mlp(dim, mlp)
-
-    def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), pos)
-        return x + self.mlp(self.norm2(x))
-
-
-class DecoderBlock(nn.Module):
-    """Self-attention, cross-attention to the other view (``norm_y`` on it), MLP; all pre-norm."""
-
-    def __init__(self, dim: int, heads: int, mlp: int, rope_base: float):
-        super().__init__()
-        self.norm1, self.attn = _norm(dim), SelfAttention(dim, heads, rope_base)
-        self.cross_attn = CrossAttention(dim, heads, rope_base)
-        self.norm2, self.norm3, self.norm_y = _norm(dim), _norm(dim), _norm(dim)
-        self.mlp = Mlp(dim, mlp)
-
-    def forward(self, x, other, pos, other_pos):
-        x = x + self.attn(self.norm1(x), pos)
-        x = x + self.cross_attn(self.norm2(x), self.norm_y(other), pos, other_pos)
-        return x + self.mlp(self.norm3(x))
-
-
-class PatchEmbed(nn.Module):
-    """``proj``: a ``patch x patch`` stride-``patch`` convolution to tokens."""
-
-    def __init__(self, patch: int, dim: int):
-        super().__init__()
-        self.proj = nn.Conv2d(3, dim, patch, patch)
-
-
+# --------------------------------------------------------------------------- backbone
 class CroCoBackbone(nn.Module):
-    """Siamese encoder with the intrinsics token + the two cross-attending decoders."""
+    """NoPoSplat's CroCo backbone: the siamese encoder with the intrinsics token, then the two
+    cross-attending decoders (``dec_blocks`` for view 1, ``dec_blocks2`` for view 2)."""
 
     def __init__(self, cfg: NoPoSplatConfig):
         super().__init__()
         self.cfg = cfg
         self.patch_embed = PatchEmbed(cfg.patch_size, cfg.enc_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dec_dim))
-        self.enc_blocks = nn.ModuleList(EncoderBlock(cfg.enc_dim, cfg.enc_heads, cfg.enc_mlp, cfg.rope_base)
+        self.enc_blocks = nn.ModuleList(EncoderBlock(cfg.enc_dim, cfg.enc_heads, cfg.enc_mlp, cfg.rope_base, NORM_EPS)
                                         for _ in range(cfg.enc_depth))
-        self.enc_norm = _norm(cfg.enc_dim)
+        self.enc_norm = nn.LayerNorm(cfg.enc_dim, eps=NORM_EPS)
         self.intrinsic_encoder = nn.Linear(9, cfg.enc_dim)
         self.decoder_embed = nn.Linear(cfg.enc_dim, cfg.dec_dim)
         for name in ("dec_blocks", "dec_blocks2"):
-            setattr(self, name, nn.ModuleList(DecoderBlock(cfg.dec_dim, cfg.dec_heads, cfg.dec_mlp, cfg.rope_base)
-                                              for _ in range(cfg.dec_depth)))
-        self.dec_norm = _norm(cfg.dec_dim)
+            setattr(self, name, nn.ModuleList(
+                DecoderBlock(cfg.dec_dim, cfg.dec_heads, cfg.dec_mlp, cfg.rope_base, NORM_EPS)
+                for _ in range(cfg.dec_depth)))
+        self.dec_norm = nn.LayerNorm(cfg.dec_dim, eps=NORM_EPS)
 
     def encode(self, images: torch.Tensor, intrinsics: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens ``[B, N + 1, E]`` and positions ``[B, N + 1, 2]`` of normalised ``images [B,3,H,W]``
         with ``intrinsics [B,3,3]``; the last token is the intrinsics token."""
-        x = self.patch_embed.proj(images)
-        grid_h, grid_w = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
+        x, pos = self.patch_embed(images)
         b = x.shape[0]
-        pos = patch_positions(b, grid_h, grid_w, x.device)
         token = self.intrinsic_encoder(intrinsics.reshape(b, 1, 9).to(x.dtype))
-        token_pos = torch.tensor([grid_h, 0], device=x.device).expand(b, 1, 2)
+        token_pos = torch.tensor([images.shape[-2] // self.cfg.patch_size, 0], device=x.device).expand(b, 1, 2)
         x, pos = torch.cat([x, token], 1), torch.cat([pos, token_pos], 1)
         for block in self.enc_blocks:
             x = block(x, pos)
@@ -305,105 +195,23 @@ class CroCoBackbone(nn.Module):
 
 
 # --------------------------------------------------------------------------- DPT heads
-class ResidualConvUnit(nn.Module):
-    """``x + conv2(relu(conv1(relu(x))))`` (3x3 convolutions with bias)."""
+class GaussianDPTAdapter(DPTTrunk):
+    """NoPoSplat's ``dpt_gs`` head: the :class:`DPTTrunk` output upsampled 2x to full resolution,
+    plus ``input_merger`` (7x7 conv + ReLU) of the normalised image, then ``head``: a 3x3 conv
+    (no bias), ReLU and a 1x1 conv to ``out_channels`` (``head.1``/``head.3`` are identities, as
+    in the checkpoint's numbering)."""
 
-    def __init__(self, features: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(features, features, 3, padding=1)
-        self.conv2 = nn.Conv2d(features, features, 3, padding=1)
+    def __init__(self, cfg: NoPoSplatConfig, out_channels: int):
+        super().__init__(cfg.dpt_dims_in, cfg.dpt_layer_dims, cfg.dpt_features, cfg.hooks)
+        feat = cfg.dpt_features
+        self.input_merger = nn.Sequential(nn.Conv2d(3, feat, 7, padding=3), nn.ReLU())
+        self.head = nn.Sequential(nn.Conv2d(feat, feat, 3, padding=1, bias=False), nn.Identity(), nn.ReLU(),
+                                  nn.Identity(), nn.Conv2d(feat, out_channels, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
-
-
-class FusionBlock(nn.Module):
-    """DPT fusion: ``(x + rcu1(skip))`` -> ``rcu2`` -> 2x bilinear (align corners) -> 1x1 ``out_conv``."""
-
-    def __init__(self, features: int):
-        super().__init__()
-        self.out_conv = nn.Conv2d(features, features, 1)
-        self.resConfUnit1, self.resConfUnit2 = ResidualConvUnit(features), ResidualConvUnit(features)
-
-    def forward(self, x: torch.Tensor, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if skip is not None:
-            x = x + self.resConfUnit1(skip)
-        x = F.interpolate(self.resConfUnit2(x), scale_factor=2, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
-
-
-class _Upsample2x(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-
-
-class DPTAdapter(nn.Module):
-    """DPT trunk over four token layers at 1/16 resolution, output at full resolution.
-
-    ``kind='points'``: the DUSt3R regression head (conv, 2x up, conv, ReLU, 1x1) to
-    ``out_channels``. ``kind='gaussians'``: the head runs after a 2x upsampling plus
-    ``input_merger`` (7x7 conv + ReLU) of the normalised image, with a 3x3 conv (no bias),
-    ReLU and a 1x1 conv. The layer projections ``scratch.layerK_rn`` are also listed as
-    ``scratch.layer_rn.(K-1)`` (one module, two names, as in the checkpoint).
-    """
-
-    def __init__(self, cfg: NoPoSplatConfig, kind: str, out_channels: int):
-        super().__init__()
-        dims_in = (cfg.enc_dim, cfg.dec_dim, cfg.dec_dim, cfg.dec_dim)
-        lay, feat = cfg.dpt_layer_dims, cfg.dpt_features
-        self.kind, self.hooks, self.patch = kind, cfg.hooks, cfg.patch_size
-        self.act_postprocess = nn.ModuleList([
-            nn.Sequential(nn.Conv2d(dims_in[0], lay[0], 1), nn.ConvTranspose2d(lay[0], lay[0], 4, stride=4)),
-            nn.Sequential(nn.Conv2d(dims_in[1], lay[1], 1), nn.ConvTranspose2d(lay[1], lay[1], 2, stride=2)),
-            nn.Sequential(nn.Conv2d(dims_in[2], lay[2], 1)),
-            nn.Sequential(nn.Conv2d(dims_in[3], lay[3], 1), nn.Conv2d(lay[3], lay[3], 3, stride=2, padding=1)),
-        ])
-        self.scratch = nn.Module()
-        projections = [nn.Conv2d(lay[i], feat, 3, padding=1, bias=False) for i in range(4)]
-        for i, conv in enumerate(projections, 1):
-            setattr(self.scratch, f"layer{i}_rn", conv)
-        self.scratch.layer_rn = nn.ModuleList(projections)
-        for i in range(1, 5):
-            setattr(self.scratch, f"refinenet{i}", FusionBlock(feat))
-        if kind == "points":
-            self.head = nn.Sequential(nn.Conv2d(feat, feat // 2, 3, padding=1), _Upsample2x(),
-                                      nn.Conv2d(feat // 2, cfg.dpt_last_dim, 3, padding=1), nn.ReLU(),
-                                      nn.Conv2d(cfg.dpt_last_dim, out_channels, 1))
-        elif kind == "gaussians":
-            self.input_merger = nn.Sequential(nn.Conv2d(3, feat, 7, padding=3), nn.ReLU())
-            self.head = nn.Sequential(nn.Conv2d(feat, feat, 3, padding=1, bias=False), nn.Identity(), nn.ReLU(),
-                                      nn.Identity(), nn.Conv2d(feat, out_channels, 1))
-        else:
-            raise ValueError(f"DPTAdapter: kind must be 'points' or 'gaussians', got {kind!r}")
-
-    def forward(self, layers: list[torch.Tensor], image_size: tuple[int, int],
-                image: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """``layers``: the backbone's token layers ``[B, N, C]``; returns ``[B, out, H, W]``."""
-        h, w = image_size[0] // self.patch, image_size[1] // self.patch
-        maps = []
-        for i, hook in enumerate(self.hooks):
-            tokens = layers[hook]
-            grid = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
-            maps.append(self.scratch.layer_rn[i](self.act_postprocess[i](grid)))
-        path = self.scratch.refinenet4(maps[3])[:, :, :maps[2].shape[2], :maps[2].shape[3]]
-        path = self.scratch.refinenet3(path, maps[2])
-        path = self.scratch.refinenet2(path, maps[1])
-        path = self.scratch.refinenet1(path, maps[0])
-        if self.kind == "gaussians":
-            path = F.interpolate(path, scale_factor=2, mode="bilinear", align_corners=True)
-            path = path + self.input_merger(image)
+    def forward(self, layers: list[torch.Tensor], image_size: tuple[int, int], image: torch.Tensor) -> torch.Tensor:
+        """Token layers ``[B, N, C]`` and the normalised ``image [B, 3, H, W]`` -> ``[B, out_channels, H, W]``."""
+        path = upsample2x(self.fuse(layers, image_size)) + self.input_merger(image)
         return self.head(path)
-
-
-class PixelHead(nn.Module):
-    """Holds a :class:`DPTAdapter` as ``dpt`` (the checkpoint's nesting)."""
-
-    def __init__(self, cfg: NoPoSplatConfig, kind: str, out_channels: int):
-        super().__init__()
-        self.dpt = DPTAdapter(cfg, kind, out_channels)
-
-    def forward(self, layers, image_size, image=None):
-        return self.dpt(layers, image_size, image)
 
 
 # --------------------------------------------------------------------------- Gaussians
@@ -494,10 +302,11 @@ class NoPoSplat(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = CroCoBackbone(cfg)
-        self.downstream_head1 = PixelHead(cfg, "points", 3)
-        self.downstream_head2 = PixelHead(cfg, "points", 3)
-        self.gaussian_param_head = PixelHead(cfg, "gaussians", cfg.gaussian_channels)
-        self.gaussian_param_head2 = PixelHead(cfg, "gaussians", cfg.gaussian_channels)
+        points = lambda: DPTAdapter(cfg.dpt_dims_in, cfg.dpt_layer_dims, cfg.dpt_features, cfg.hooks,  # noqa: E731
+                                    cfg.dpt_last_dim, 3)
+        self.downstream_head1, self.downstream_head2 = PixelHead(points()), PixelHead(points())
+        self.gaussian_param_head = PixelHead(GaussianDPTAdapter(cfg, cfg.gaussian_channels))
+        self.gaussian_param_head2 = PixelHead(GaussianDPTAdapter(cfg, cfg.gaussian_channels))
 
     def forward(self, images: torch.Tensor, intrinsics: Optional[torch.Tensor] = None) -> NoPoSplatOutput:
         """``images [B,2,3,H,W]`` RGB in 0..1 (H, W multiples of the patch size; the release: 512),
@@ -538,6 +347,6 @@ def duplicate_key_pairs(state_keys) -> list[tuple[str, str]]:
     return pairs
 
 
-__all__ = ["NoPoSplat", "prepare_images", "NoPoSplatConfig", "NoPoSplatOutput", "rope_2d", "patch_positions", "points_from_head",
+__all__ = ["NoPoSplat", "prepare_images", "NoPoSplatConfig", "NoPoSplatOutput", "points_from_head",
            "gaussians_from_head", "sh_mask", "default_intrinsics", "duplicate_key_pairs", "DEFAULT_INTRINSICS",
            "NEAR", "FAR", "IMAGE_SIZE", "HEAD_DIM"]

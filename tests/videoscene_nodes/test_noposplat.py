@@ -14,6 +14,7 @@ from consistent_video.nodes.comfy import families
 from consistent_video.nodes.cameras.geometry import quaternion_to_matrix
 from consistent_video.nodes.splats.gaussians import GaussianScene
 from consistent_video.nodes.comfy.weights import WeightsError
+from consistent_video.nodes.networks import croco, dpt
 from consistent_video.videoscene_nodes import noposplat as nps
 from consistent_video.videoscene_nodes import noposplat_family as fam
 
@@ -102,15 +103,15 @@ def test_rope_matches_complex_rotation_and_is_relative():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 7, 16, generator=g, dtype=torch.float64)
     pos = torch.randint(0, 9, (2, 7, 2), generator=g)
-    assert torch.allclose(nps.rope_2d(x, pos), rope_complex(x, pos), atol=1e-12)
+    assert torch.allclose(croco.rope_2d(x, pos), rope_complex(x, pos), atol=1e-12)
     # scores depend on the position difference only (the point of RoPE)
     q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
     p = lambda r, c: torch.tensor([[[r, c]]])  # noqa: E731
-    a = (nps.rope_2d(q, p(2, 5)) * nps.rope_2d(k, p(1, 1))).sum()
-    b = (nps.rope_2d(q, p(6, 7)) * nps.rope_2d(k, p(5, 3))).sum()
+    a = (croco.rope_2d(q, p(2, 5)) * croco.rope_2d(k, p(1, 1))).sum()
+    b = (croco.rope_2d(q, p(6, 7)) * croco.rope_2d(k, p(5, 3))).sum()
     assert torch.allclose(a, b, atol=1e-12)
     with pytest.raises(ValueError, match="multiple of 4"):
-        nps.rope_2d(torch.randn(1, 1, 2, 6), torch.zeros(1, 2, 2, dtype=torch.long))
+        croco.rope_2d(torch.randn(1, 1, 2, 6), torch.zeros(1, 2, 2, dtype=torch.long))
 
 
 def test_encoder_block_matches_functional_forward(dense_random_state):
@@ -141,7 +142,7 @@ def test_decoder_block_matches_functional_forward(dense_random_state):
 
 
 def test_dpt_fusion_matches_explicit_bilinear_upsampling(dense_random_state):
-    block = nps.FusionBlock(4).double()
+    block = dpt.FusionBlock(4).double()
     block.load_state_dict(dense_random_state(block, seed=5))
     w = block.state_dict()
     g = torch.Generator().manual_seed(6)
