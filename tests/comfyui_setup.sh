@@ -46,6 +46,9 @@ say() { echo "comfyui_setup: $*"; }
 [ -f "$COMFYUI_PATH/main.py" ] && [ -f "$COMFYUI_PATH/requirements.txt" ] \
     || die "$COMFYUI_PATH does not look like a ComfyUI checkout (no main.py / requirements.txt)"
 COMFYUI_PATH="$(cd "$COMFYUI_PATH" && pwd)"
+# A source copy without git's empty folders (e.g. ../shared/comfyui-0.3.64) lacks custom_nodes/, and
+# main.py lists that folder at start-up.
+mkdir -p "$COMFYUI_PATH/custom_nodes"
 
 TORCH_VERSION="$("$PYTHON" -c 'import torch; print(torch.__version__)' 2>/dev/null)" \
     || die "torch is not importable with $PYTHON; install the torch build for this machine first"

@@ -8,6 +8,12 @@ import consistent_video  # noqa: F401  (registers every node and model family)
 from consistent_video.nodes.comfy import families, runtime
 
 
+def pytest_collection_modifyitems(items):
+    """The real-ComfyUI suite (marker ``comfyui``) runs after every other test: the unit tests
+    report first, and the one ComfyUI server the suite starts is not kept waiting meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("comfyui") is not None)
+
+
 @pytest.fixture(autouse=True)
 def output_dir(tmp_path: Path, monkeypatch) -> Path:
     """Point the standalone output folder at a per-test temporary folder (never the repo)."""

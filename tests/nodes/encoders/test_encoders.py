@@ -553,7 +553,7 @@ _REAL_COMFY = textwrap.dedent("""
     import torch
     import comfy.clip_vision, comfy.sd
     from diffusers import AutoencoderKL
-    from consistent_video.nodes import clip as C, vae as V
+    from consistent_video.nodes.encoders import clip as C, vae as V
 
     torch.manual_seed(0)
     # comfy.sd.VAE builds the SD 1.x/2.x network at its real size, so this one is random at that size
