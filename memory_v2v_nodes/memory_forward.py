@@ -21,7 +21,7 @@ layers are used only when the block has them, the modulation is per token when t
 timestep is), :func:`responsiveness` / :func:`frame_scores`, :func:`choose_frames`,
 :func:`merge`, and the block loop with merging and the output head.
 
-Choices for ReCamMaster (the paper leaves them open; see the README):
+Choices for ReCamMaster (the paper leaves them open; see docs/memory_v2v.md):
 
 - **Temporal RoPE ranges**: target ``0..T-1``, user ``T..2T-1``, every memory video
   ``2T..2T+F-1`` (the same range for each, so unseen positions never occur as memory grows).

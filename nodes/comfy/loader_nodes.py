@@ -69,7 +69,8 @@ class CVS_ModelLoader:
         except store.WeightsError as exc:
             blamed = "path" if str(path).strip() else "weights"
             raise store.WeightsError(f"{node} ({fam.display_name}): input '{blamed}': {exc}\nExpected: "
-                                     f"{fam.display_name} weights in the layout above (README, 'Weights').") from None
+                                     f"{fam.display_name} weights in the layout above (the pack's docs/weights.md)."
+                                     ) from None
         if handle.is_smoke:
             log.warning("%s: %s are SMOKE weights (tiny, random): outputs will be noise.", node, folder)
         return (handle,)

@@ -51,7 +51,7 @@ def test_fewer_than_two_frames_is_refused():
 def test_docs_say_how_the_original_fails_on_short_videos():
     """The original's reader raises decord's IndexError on fewer than 49 frames; it does not hang."""
     from consistent_video.videoscene_nodes import fit
-    readme = (Path(fit.__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(fit.__file__).parent.parent / "docs" / "videoscene.md").read_text(encoding="utf-8")
     for text in (fit.__doc__, readme):
         assert "IndexError" in text
         assert "loops forever" not in text and "hangs on videos" not in text
