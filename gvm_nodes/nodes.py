@@ -213,7 +213,7 @@ class CVS_GVMMatteVideoFile:
         s = _settings(node, settings)
         matter = _matter(node, model, s)
         total = min(info.frame_count, max_frames) if max_frames else info.frame_count
-        has_alpha = video_io.FORMATS[format].alpha
+        output = video_io.WriteSettings(info.frame_rate, format, info.width, info.height)
         ext = video_io.FORMATS[format].extension
         try:
             base = video_io.next_output_path(filename_prefix, ext)  # one counter for all files of this run
@@ -222,10 +222,9 @@ class CVS_GVMMatteVideoFile:
         stem, suffix = (base.name[: -len(ext) - 1], f".{ext}") if ext else (base.name, "")
         kinds = ["alpha"] + ["foreground"] * write_foreground + ["composite"] * write_composite
         out_paths = {k: base.with_name(f"{stem}_{k}{suffix}") for k in kinds}
-        w, h, fps = info.width, info.height, info.frame_rate
         frames = video_io.read_frames(path, max_frames=max_frames)
         try:
-            count = self._stream(frames, matter, s, total, out_paths, fps, format, w, h, has_alpha, bg)
+            count = self._stream(frames, matter, s, total, out_paths, output, bg)
         except BaseException:  # cancelled or failed: leave no half-written files behind
             for written in out_paths.values():
                 shutil.rmtree(written, ignore_errors=True) if written.is_dir() else written.unlink(missing_ok=True)
@@ -237,13 +236,15 @@ class CVS_GVMMatteVideoFile:
         return {"ui": ui, "result": ("\n".join(files), count)}
 
     @staticmethod
-    def _stream(frames, matter, s, total, out_paths, fps, format, w, h, has_alpha, bg) -> int:
-        """Matte ``frames`` into the writers of ``out_paths``; return the frame count."""
+    def _stream(frames, matter, s: MatteSettings, total: int, out_paths: dict, output: video_io.WriteSettings,
+                bg) -> int:
+        """Matte ``frames`` (``total`` of them, for the progress bar) into writers of
+        ``out_paths`` made with ``output``; return the frame count."""
         count = 0
         with runtime.Progress(window_count(total, s.frames_per_window, s.overlap), "GVM windows") as bar, \
-                video_io.VideoWriter(out_paths["alpha"], fps, format, w, h) as alpha_out, \
-                _optional_writer(out_paths.get("foreground"), fps, format, w, h, has_alpha) as fg_out, \
-                _optional_writer(out_paths.get("composite"), fps, format, w, h, False) as comp_out:
+                output.writer(out_paths["alpha"]) as alpha_out, \
+                _optional_writer(out_paths.get("foreground"), output, output.alpha) as fg_out, \
+                _optional_writer(out_paths.get("composite"), output, False) as comp_out:
             for frame, alpha in matte_stream(frames, matter.matte_window, s.frames_per_window, s.overlap, bar.update):
                 if s.clamp:
                     alpha = apply_clamp(alpha, s.clamp_low, s.clamp_high)
@@ -251,17 +252,17 @@ class CVS_GVMMatteVideoFile:
                 if fg_out is not None or comp_out is not None:
                     fg = estimate_foreground(frame[None].float(), alpha[None])
                     if fg_out is not None:
-                        fg_out.write(torch.cat([fg[0], alpha.unsqueeze(-1)], -1) if has_alpha else fg[0])
+                        fg_out.write(torch.cat([fg[0], alpha.unsqueeze(-1)], -1) if output.alpha else fg[0])
                     if comp_out is not None:
                         comp_out.write(composite(fg, alpha[None], bg, first=count)[0])
                 count += 1
         return count
 
 
-def _optional_writer(path, fps, format, width, height, alpha):
+def _optional_writer(path, output: video_io.WriteSettings, alpha: bool):
     if path is None:
         return contextlib.nullcontext()
-    return video_io.VideoWriter(path, fps, format, width, height, alpha=alpha)
+    return output.writer(path, alpha=alpha)
 
 
 NODE_CLASS_MAPPINGS = {

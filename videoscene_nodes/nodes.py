@@ -20,7 +20,7 @@ from .noposplat import IMAGE_SIZE
 from .noposplat_family import NAME as NOPOSPLAT
 from .pipeline import DEFAULT_TIMESTEP, MVSPLAT_TIMESTEP, geometry, refine
 from .pose import OPACITY_THRESHOLD, REFINE_LR, REFINE_STEPS
-from .two_photos import ViewPoseError, stage_count, two_photos_to_gaussians
+from .two_photos import TwoPhotoSettings, ViewPoseError, stage_count, two_photos_to_gaussians
 
 log = logging.getLogger("consistent_video")
 
@@ -148,8 +148,9 @@ def _photo(node: str, name: str, image) -> torch.Tensor:
     return image[0].float().cpu()
 
 
-def _two_photo_settings(node: str, size, refine_steps, learning_rate, opacity_threshold) -> None:
-    """The checks of the numeric inputs (also used by the declared-range test)."""
+def _two_photo_settings(node: str, size, refine_steps, learning_rate, opacity_threshold) -> TwoPhotoSettings:
+    """The numeric inputs checked (also used by the declared-range test) and made the core's
+    settings; a learning rate of 0 keeps the PnP poses (no refinement steps)."""
     if int(size) != size or not 64 <= size <= 1024 or size % SIZE_STEP:
         raise NodeInputError(node, "size", f"is {size}", f"a multiple of {SIZE_STEP} in 64..1024")
     if int(refine_steps) != refine_steps or not 0 <= refine_steps <= 2000:
@@ -158,6 +159,8 @@ def _two_photo_settings(node: str, size, refine_steps, learning_rate, opacity_th
         raise NodeInputError(node, "learning_rate", f"is {learning_rate}", "0..1")
     if not 0.0 <= opacity_threshold <= 1.0:
         raise NodeInputError(node, "opacity_threshold", f"is {opacity_threshold}", "0..1")
+    return TwoPhotoSettings(size=int(size), steps=int(refine_steps) if learning_rate > 0 else 0,
+                            lr=float(learning_rate), threshold=float(opacity_threshold))
 
 
 def _describe_pose(c2w: torch.Tensor) -> str:
@@ -223,17 +226,15 @@ class CVS_VideoSceneTwoPhotos:
         if (first - second).abs().max() < IDENTICAL_TOLERANCE:
             raise NodeInputError(node, "image_b", "is the same photo as image_a: the two photos are identical",
                                  "two photos of one place from different viewpoints")
-        _two_photo_settings(node, size, refine_steps, learning_rate, opacity_threshold)
-        steps = int(refine_steps) if learning_rate > 0 else 0
+        settings = _two_photo_settings(node, size, refine_steps, learning_rate, opacity_threshold)
         if handle.is_smoke:
             log.warning("%s: %s holds SMOKE weights (tiny, random): the Gaussians and poses are noise.", node,
                         handle.source)
         network = handle.modules["noposplat"]
         runtime.load_to_device([network], handle.device)
-        with runtime.Progress(stage_count(steps), node) as bar, runtime.interruptible(network):
+        with runtime.Progress(stage_count(settings.steps), node) as bar, runtime.interruptible(network):
             try:
-                result = two_photos_to_gaussians(network, first, second, int(size), steps, float(learning_rate),
-                                                 float(opacity_threshold), device=handle.device,
+                result = two_photos_to_gaussians(network, first, second, settings, device=handle.device,
                                                  tolerate_failures=handle.is_smoke, progress=bar.update)
             except ViewPoseError as exc:
                 name = "opacity_threshold" if "opacity >" in exc.reason else ("image_a", "image_b")[exc.view]

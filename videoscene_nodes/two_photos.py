@@ -12,6 +12,8 @@ Plain torch (+ OpenCV through :mod:`.pose`), importable without ComfyUI. The ste
    ``threshold``, then ``steps`` Adam steps of :func:`~.pose.refine_pose` through the pack's
    rasteriser against the view's (cropped, resized) photo.
 
+``size``, ``steps``, ``lr`` and ``threshold`` travel together as :class:`TwoPhotoSettings`.
+
 Gaussians with opacity below the rasteriser's ``1/255`` are left out of the result
 (:data:`MIN_OPACITY`): the renderer culls them anyway, so every render (and the refinement) is
 the same with or without them. The original keeps all ``2 * size^2``.
@@ -31,6 +33,23 @@ from .noposplat import DEFAULT_INTRINSICS, IMAGE_SIZE, NoPoSplat, prepare_images
 
 MIN_OPACITY = ALPHA_MIN
 """Gaussians below this opacity are dropped: the rasteriser skips contributions under 1/255."""
+
+
+@dataclass(frozen=True)
+class TwoPhotoSettings:
+    """The knobs of :func:`two_photos_to_gaussians` (defaults: the release demo's).
+
+    ``size``: side in pixels of the square both photos are centre-cropped and resized to (a
+    multiple of NoPoSplat's 16-pixel patch; the cameras have this size). ``steps``: Adam steps
+    of photometric pose refinement per view (0 keeps the PnP poses). ``lr``: their learning
+    rate (rotation in radians, translation in scene units). ``threshold``: PnP uses the pixels
+    whose Gaussian opacity (0..1) exceeds this.
+    """
+
+    size: int = IMAGE_SIZE
+    steps: int = pose.REFINE_STEPS
+    lr: float = pose.REFINE_LR
+    threshold: float = pose.OPACITY_THRESHOLD
 
 
 @dataclass
@@ -74,19 +93,21 @@ def stage_count(steps: int) -> int:
 
 
 def two_photos_to_gaussians(network: NoPoSplat, image_a: torch.Tensor, image_b: torch.Tensor,
-                            size: int = IMAGE_SIZE, steps: int = pose.REFINE_STEPS, lr: float = pose.REFINE_LR,
-                            threshold: float = pose.OPACITY_THRESHOLD, device: torch.device | None = None,
+                            settings: TwoPhotoSettings = TwoPhotoSettings(), device: torch.device | None = None,
                             backend: str = "auto", tolerate_failures: bool = False,
                             progress: Optional[Callable[[int], None]] = None) -> TwoPhotoScene:
-    """Gaussians and the two views' cameras from two photos ``[H,W,3]`` in 0..1 (any sizes).
+    """Gaussians and the two views' cameras from two photos ``[H,W,3]`` in 0..1 (any sizes),
+    with the knobs of ``settings``.
 
     ``progress(n)`` is called after the network, after each PnP and after every refinement
     step (one unit each), :func:`stage_count` units in all; an exception it raises (Cancel)
-    stops the procedure. ``steps = 0`` keeps the PnP poses. Raises :class:`ViewPoseError` when
-    a view's pose cannot be found (PnP finds none, or no Gaussian is visible from it), unless
+    stops the procedure. ``settings.steps = 0`` keeps the PnP poses. Raises
+    :class:`ViewPoseError` when a view's pose cannot be found (PnP finds none, or no Gaussian is
+    visible from it), unless
     ``tolerate_failures`` (for smoke weights, whose random geometry is degenerate): then the view
     keeps the identity (failed PnP) or its PnP pose (failed refinement) and says so in ``note``.
     """
+    size, steps, lr, threshold = settings.size, settings.steps, settings.lr, settings.threshold
     report = progress or (lambda n: None)
     device = device or next(network.parameters()).device
     images = prepare_images(image_a, image_b, size).to(device)  # [1, 2, 3, S, S]

@@ -19,7 +19,8 @@ from ..nodes.comfy.errors import NodeInputError, check_image
 from ..nodes.comfy.families import ModelHandle, check_model
 from .depth_family import FAMILY as DEPTH_FAMILY, depth_estimator, output_kind
 from .family import FAMILIES
-from .navigation import FIT_MODES, NavigationSettings, Navigator, crop_region, fit_square, square_cameras
+from .navigation import (FIT_MODES, NavigationSettings, Navigator, WalkSettings, crop_region, fit_square,
+                         square_cameras)
 from ..nodes.comfy.state_files import always_rerun
 from .nodes import CATEGORY, MEMORY_TYPE, _changing, _check_bank, _save, _summary, latent_codec
 from .pipeline import GenerationError, GenerationSettings
@@ -80,15 +81,24 @@ def _optional_inputs() -> dict:
     }
 
 
-def _prepare(node: str, model, depth_model, vae, clip_vision, steps, cfg, cfg_min, guider, seed, context_views,
-             camera_scale, start_depth, progress) -> Navigator:
+def _walk_settings(*, steps, cfg, cfg_min, guider, seed, resolution, fit, fov, context_views, camera_scale,
+                   start_depth, poses_per_action) -> WalkSettings:
+    """The generation inputs both nodes share, by name, as the one settings object of the run."""
+    generation = GenerationSettings(steps=steps, cfg=cfg, cfg_min=cfg_min, guider=guider, camera_scale=camera_scale)
+    return WalkSettings(NavigationSettings(generation, RetrievalSettings(num_views=context_views), seed=seed),
+                        resolution=resolution, fit=fit, fov=fov, start_depth=start_depth,
+                        poses_per_action=poses_per_action)
+
+
+def _prepare(node: str, settings: WalkSettings, model, depth_model, vae=None, clip_vision=None,
+             progress=None) -> Navigator:
+    """The navigator of a run: the inputs 'model' and 'depth_model' checked, the settings
+    validated (errors name the node's input), the VAE and CLIP image encoder chosen and the
+    networks loaded on the device."""
     handle: ModelHandle = check_model(node, "model", model, FAMILIES)
     depth = check_model(node, "depth_model", depth_model, DEPTH_FAMILY)
-    settings = NavigationSettings(GenerationSettings(steps=steps, cfg=cfg, cfg_min=cfg_min, guider=guider,
-                                                     camera_scale=camera_scale),
-                                  RetrievalSettings(num_views=context_views), seed=seed)
     try:
-        settings.validate()
+        settings.navigation.validate()
     except (GenerationError, SurfelInputError) as exc:
         raise NodeInputError(node, exc.argument, exc.problem, exc.expected) from None
     codec, vae_modules = latent_codec(node, handle, vae)
@@ -113,29 +123,22 @@ def _prepare(node: str, model, depth_model, vae, clip_vision, steps, cfg, cfg_mi
         log.warning("%s: SMOKE weights (%s): the generated views are noise.", node,
                     handle.source if handle.is_smoke else depth.source)
     runtime.load_to_device(modules, handle.device)
-    provider = DepthModelProvider(depth_estimator(depth, chunk=8), output=output_kind(depth), start_depth=start_depth)
-    return Navigator(handle.modules["unet"], codec, embedder, provider, handle.device, handle.dtype, settings,
-                     progress=progress)
+    provider = DepthModelProvider(depth_estimator(depth, chunk=8), output=output_kind(depth),
+                                  start_depth=settings.start_depth)
+    return Navigator(handle.modules["unet"], codec, embedder, provider, handle.device, handle.dtype,
+                     settings.navigation, progress=progress)
 
 
-def _knobs(steps, cfg, cfg_min, guider, seed, context_views, camera_scale, start_depth) -> dict:
-    """The generation inputs both nodes share, by name (for :func:`_prepare`)."""
-    return dict(steps=steps, cfg=cfg, cfg_min=cfg_min, guider=guider, seed=seed, context_views=context_views,
-                camera_scale=camera_scale, start_depth=start_depth)
-
-
-
-
-def _start(node: str, navigator: Navigator, store, image, resolution: int, fit: str, fov: float,
-           camera: CameraBatch | None = None):
-    """Memorise the starting image (with ``camera``, default the identity with ``fov``) if
-    the walk has not started; return that step's result (None if it had) and the region of
-    the picture in the square frames."""
+def _start(node: str, navigator: Navigator, store, image, settings: WalkSettings, camera: CameraBatch | None = None):
+    """Memorise the starting image (with ``camera``, default the identity with the settings'
+    ``fov``) if the walk has not started; return that step's result (None if it had) and the
+    region of the picture in the square frames."""
+    resolution = settings.resolution
     if image is not None:
         image = check_image(node, "image", image)
         if image.shape[0] != 1:
             log.warning("%s: 'image' has %d frames; the walk starts from the first.", node, image.shape[0])
-        square, region = fit_square(image[:1].float().cpu(), resolution, fit)
+        square, region = fit_square(image[:1].float().cpu(), resolution, settings.fit)
     else:
         square, region = None, (0, 0, resolution, resolution)
     if store.num_frames:
@@ -147,7 +150,7 @@ def _start(node: str, navigator: Navigator, store, image, resolution: int, fit: 
         raise NodeInputError(node, "image", "is not connected and the memory is empty",
                              "a starting image for a new walk")
     if camera is None:
-        camera = CameraBatch(torch.eye(4)[None], intrinsics_from_fov(fov, resolution, resolution)[None],
+        camera = CameraBatch(torch.eye(4)[None], intrinsics_from_fov(settings.fov, resolution, resolution)[None],
                              resolution, resolution)
     return navigator.start(store, square, camera), region
 
@@ -193,9 +196,12 @@ class CVS_VMemNavigate:
         if action not in ACTIONS:
             raise NodeInputError(node, "action", f"is '{action}'", f"one of {', '.join(ACTIONS)}")
         amount = angle if action in trajectories.ANGLE_ACTIONS else distance
-        knobs = _knobs(steps, cfg, cfg_min, guider, seed, context_views, camera_scale, start_depth)
-        return _run(node, bank, model, depth_model, vae, clip_vision, image, resolution, fit, fov, knobs,
-                    [(action, amount)], poses_per_action, cameras, "cameras", path_starts_walk=False)
+        settings = _walk_settings(steps=steps, cfg=cfg, cfg_min=cfg_min, guider=guider, seed=seed,
+                                  resolution=resolution, fit=fit, fov=fov, context_views=context_views,
+                                  camera_scale=camera_scale, start_depth=start_depth,
+                                  poses_per_action=poses_per_action)
+        return _run(node, bank, settings, model, depth_model, image=image, vae=vae, clip_vision=clip_vision,
+                    actions=[(action, amount)], cameras=cameras, cameras_name="cameras")
 
 
 class CVS_VMemWalk:
@@ -239,24 +245,30 @@ class CVS_VMemWalk:
                 parsed = trajectories.parse_actions(actions)
             except ValueError as exc:
                 raise NodeInputError(node, "actions", str(exc), "e.g. 'turn_left 30, move_forward 0.5'") from None
-        knobs = _knobs(steps, cfg, cfg_min, guider, seed, context_views, camera_scale, start_depth)
-        return _run(node, bank, model, depth_model, vae, clip_vision, image, resolution, fit, fov, knobs,
-                    parsed, poses_per_action, path, "path", path_starts_walk=True)
+        settings = _walk_settings(steps=steps, cfg=cfg, cfg_min=cfg_min, guider=guider, seed=seed,
+                                  resolution=resolution, fit=fit, fov=fov, context_views=context_views,
+                                  camera_scale=camera_scale, start_depth=start_depth,
+                                  poses_per_action=poses_per_action)
+        return _run(node, bank, settings, model, depth_model, image=image, vae=vae, clip_vision=clip_vision,
+                    actions=parsed, cameras=path, cameras_name="path", path_starts_walk=True)
 
 
-def _run(node, bank, model, depth_model, vae, clip_vision, image, resolution, fit, fov, knobs, actions,
-         poses_per_action, cameras, cameras_name, path_starts_walk):
+def _run(node: str, bank, settings: WalkSettings, model, depth_model, *, image=None, vae=None, clip_vision=None,
+         actions=None, cameras=None, cameras_name: str = "cameras", path_starts_walk: bool = False):
     """The shared body: start the walk if needed, plan the calls, run them, save once.
 
-    ``actions`` (a parsed list) or ``cameras`` (targets) give the moves; with
+    ``settings`` hold every knob of the run; ``model`` / ``depth_model`` / ``vae`` /
+    ``clip_vision`` / ``image`` are the node's inputs of those names. ``actions`` (a parsed
+    list) or ``cameras`` (targets, the input ``cameras_name``) give the moves; with
     ``path_starts_walk`` the first camera of ``cameras`` is the starting image's view when
     the walk starts in this run.
     """
+    resolution, poses_per_action = settings.resolution, settings.poses_per_action
     if resolution % 64:
         raise NodeInputError(node, "resolution", f"is {resolution}", "a multiple of 64")
     planned = None
     if cameras is not None:
-        planned = square_cameras(check_cameras(node, cameras_name, cameras), resolution, fit)
+        planned = square_cameras(check_cameras(node, cameras_name, cameras), resolution, settings.fit)
     with _changing(node, bank) as store, runtime.Progress(None, node) as bar:
         done = [0]
 
@@ -264,10 +276,10 @@ def _run(node, bank, model, depth_model, vae, clip_vision, image, resolution, fi
             done[0] += n
             bar.update(n)
 
-        navigator = _prepare(node, model, depth_model, vae, clip_vision, progress=progress, **knobs)
+        navigator = _prepare(node, settings, model, depth_model, vae, clip_vision, progress=progress)
         try:
             start_camera = planned[:1] if planned is not None and path_starts_walk else None
-            started, region = _start(node, navigator, store, image, resolution, fit, fov, start_camera)
+            started, region = _start(node, navigator, store, image, settings, start_camera)
             if planned is not None:
                 targets = planned[1:] if started is not None and path_starts_walk else planned
                 segments = [targets] if len(targets) else []

@@ -107,6 +107,28 @@ class NavigationSettings:
                                   f"fewer than the frames per call ({self.generation.num_frames})")
 
 
+@dataclass(frozen=True)
+class WalkSettings:
+    """Everything a run of the VMem generation nodes sets besides its moves and models.
+
+    ``navigation``: sampling, retrieval (``retrieval.num_views`` is the node's
+    ``context_views``) and seed of every step (:class:`NavigationSettings`).
+    ``resolution``: side in pixels of the square frames (a multiple of 64; fixed for a walk
+    once it has started). ``fit``: how a non-square starting image becomes square, one of
+    :data:`FIT_MODES` (:func:`fit_square`). ``fov``: field of view in degrees of the starting
+    camera when the walk starts without a planned path. ``start_depth``: median depth of the
+    starting image in scene units (what a move of 1 means). ``poses_per_action``: new views
+    generated along each action.
+    """
+
+    navigation: NavigationSettings = field(default_factory=NavigationSettings)
+    resolution: int = 576
+    fit: str = "crop"
+    fov: float = 54.0
+    start_depth: float = 2.0
+    poses_per_action: int = 4
+
+
 @dataclass
 class StepResult:
     """One step: the new ``images [n,S,S,3]`` 0..1, their ``cameras`` and ``latents``, the

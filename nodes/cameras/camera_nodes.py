@@ -161,8 +161,8 @@ class CVS_OrbitCameras:
             raise NodeInputError(node, "elevation_deg", f"is {elevation_deg}", "strictly between -90 and 90")
         if not distance > 0:
             raise NodeInputError(node, "distance", f"is {distance}", "a positive distance")
-        return (trajectories.orbit(views, elevation_deg, distance, azimuth_start_deg, azimuth_range_deg,
-                                   width, height, fov_deg),)
+        return (trajectories.orbit(views, elevation_deg, distance, azimuth_start_deg=azimuth_start_deg,
+                                   azimuth_range_deg=azimuth_range_deg, width=width, height=height, fov_deg=fov_deg),)
 
 
 class CVS_NavigateCameras:

@@ -36,7 +36,8 @@ from ..comfy import runtime
 __all__ = [
     "VideoError", "VideoInfo", "VideoFormat", "FORMATS", "parse_fps", "format_fps",
     "probe", "resolve_input_path", "output_size", "read_frames", "load_frames", "source_fingerprint",
-    "input_fingerprint", "VideoWriter", "DEFAULT_QUALITY", "next_output_path", "ui_entry", "ASSETS_DIR", "MAX_SIDE",
+    "input_fingerprint", "VideoWriter", "WriteSettings", "DEFAULT_QUALITY", "next_output_path", "ui_entry",
+    "ASSETS_DIR", "MAX_SIDE",
 ]
 
 ASSETS_DIR = Path(__file__).resolve().parents[2] / "assets"
@@ -526,6 +527,27 @@ class VideoWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class WriteSettings:
+    """How a node writes its output videos, one object for all of them: ``frame_rate`` in
+    frames per second (an exact ``Fraction``, or anything :func:`parse_fps` takes),
+    ``format`` a key of :data:`FORMATS`, and the frame size ``width`` x ``height`` in pixels."""
+
+    frame_rate: Fraction
+    format: str
+    width: int
+    height: int
+
+    @property
+    def alpha(self) -> bool:
+        """Whether ``format`` can store an alpha channel."""
+        return FORMATS[self.format].alpha
+
+    def writer(self, path, alpha: bool = False) -> VideoWriter:
+        """A :class:`VideoWriter` of ``path`` with these settings (``alpha``: RGBA frames)."""
+        return VideoWriter(path, self.frame_rate, self.format, self.width, self.height, alpha=alpha)
 
 
 def next_output_path(prefix: str, ext: str) -> Path:

@@ -226,3 +226,27 @@ def test_refinement_moves_view_2_towards_where_its_photo_was_taken():
     start, end = (float(x) for x in info.split("view 2:")[1].split("loss ")[1].split(" over")[0].split(" -> "))
     assert end - 0.02 < 0.5 * (start - 0.02), info  # 0.02: the loss's floor (structure clamped at 0.98)
     assert float(cameras.c2w[1, 0, 3]) > SECOND[0, 3] + 0.005, info  # moved right (rotation takes up some)
+
+
+def test_the_node_hands_every_number_to_the_core_in_one_settings_object(monkeypatch):
+    """Each numeric input, changed from its default, reaches the TwoPhotoSettings the core gets
+    (a learning rate of 0 means no refinement steps)."""
+    from consistent_video.videoscene_nodes import nodes as videoscene_nodes
+
+    class Stop(Exception):
+        pass
+    seen = []
+
+    def capture(network, image_a, image_b, settings, **kwargs):
+        seen.append(settings)
+        raise Stop
+    monkeypatch.setattr(videoscene_nodes, "two_photos_to_gaussians", capture)
+    values = dict(size=80, refine_steps=7, learning_rate=0.02, opacity_threshold=0.45)
+    required = CVS_VideoSceneTwoPhotos.INPUT_TYPES()["required"]
+    assert all(required[name][1]["default"] != value for name, value in values.items())
+    network = KnownScene()
+    for over in ({}, {"learning_rate": 0.0}):
+        with pytest.raises(Stop):
+            CVS_VideoSceneTwoPhotos().predict(known_handle(network), *network.photos(), **{**values, **over})
+    assert seen == [two_photos.TwoPhotoSettings(size=80, steps=7, lr=0.02, threshold=0.45),
+                    two_photos.TwoPhotoSettings(size=80, steps=0, lr=0.0, threshold=0.45)]

@@ -426,6 +426,20 @@ def test_walk_node_actions_and_planned_path(handle, depth):
     assert torch.allclose(cams.c2w, path.c2w)
 
 
+def test_the_walk_settings_reach_the_navigator_and_the_start(handle, depth):
+    """The core gets each knob of the node's one settings object: the navigation settings and
+    start_depth in the navigator, fov in the starting camera."""
+    from consistent_video.vmem_nodes import navigate_nodes
+    knobs = {**KNOBS, "steps": 3, "seed": 7, "context_views": 3, "camera_scale": 1.5, "start_depth": 3.5}
+    settings = navigate_nodes._walk_settings(**knobs, poses_per_action=4)
+    navigator = navigate_nodes._prepare("test", settings, handle, depth)
+    assert navigator.settings == settings.navigation
+    assert navigator.settings.retrieval.num_views == 3 and navigator.settings.generation.camera_scale == 1.5
+    assert navigator.provider.start_depth == 3.5
+    cams = _navigate(handle, depth, _bank("fov"), fov=70.0)[1]
+    assert torch.allclose(cams.K[0], intrinsics_from_fov(70.0, SIZE, SIZE))
+
+
 def test_generation_nodes_reject_bad_input(handle, depth, weights):
     bank = _bank()
     with pytest.raises(NodeInputError, match="'image'.*starting image"):

@@ -50,6 +50,26 @@ def test_save_then_load(fmt, output_dir):
     assert again != path  # the counter moves on
 
 
+def test_orbit_node_passes_every_input_to_the_orbit(monkeypatch):
+    """Each input, changed from its default, reaches trajectories.orbit under its own name."""
+    from consistent_video.nodes.cameras import trajectories
+    values = dict(views=5, elevation_deg=20.0, distance=3.5, azimuth_start_deg=10.0, azimuth_range_deg=180.0,
+                  width=320, height=240, fov_deg=40.0)
+    required = CVS_OrbitCameras.INPUT_TYPES()["required"]
+    assert set(values) == set(required)
+    assert all(required[name][1]["default"] != value for name, value in values.items())
+    seen = []
+    real = trajectories.orbit
+    monkeypatch.setattr(trajectories, "orbit", lambda *args, **kwargs: seen.append((args, kwargs)) or
+                        real(*args, **kwargs))
+    (cams,) = run(CVS_OrbitCameras, **values)
+    (args, kwargs), = seen
+    names = ("views", "elevation_deg", "distance", "azimuth_start_deg", "azimuth_range_deg", "width", "height",
+             "fov_deg")
+    assert {**dict(zip(names, args)), **kwargs} == values
+    assert len(cams) == 5 and (cams.width, cams.height) == (320, 240)
+
+
 def test_navigate_concat_keyframes_preview():
     (walk,) = run(CVS_NavigateCameras, actions="turn_left 90\nmove_forward 1", poses_per_action=2)
     assert len(walk) == 4 and torch.allclose(walk.centers()[-1], torch.tensor([-1.0, 0, 0]), atol=1e-6)
