@@ -8,6 +8,32 @@ import consistent_video  # noqa: F401  (registers every node and model family)
 from consistent_video.nodes.comfy import families, runtime
 
 
+PACK_ROOT = Path(__file__).resolve().parents[1]
+
+
+class _PackRootIsAFolder:
+    """Collect the repository root as a plain folder, not as a package.
+
+    The root holds the pack's ``__init__.py`` (ComfyUI loads the folder as the package), so
+    pytest would import it as a test package named after the folder: under a second name
+    beside ``consistent_video`` when the name is an identifier, and not at all when it is not
+    (``comfyui-consistent-video``, the default clone name: every test then errors). The tests
+    import the pack as ``consistent_video`` only.
+    """
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if path == PACK_ROOT:
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
+def pytest_configure(config):
+    # registered as a plugin, not as this conftest's hook: the root is above tests/, where a
+    # conftest's hooks do not reach
+    config.pluginmanager.register(_PackRootIsAFolder(), "cvs-pack-root-is-a-folder")
+
+
 def pytest_collection_modifyitems(items):
     """The real-ComfyUI suite (marker ``comfyui``) runs after every other test: the unit tests
     report first, and the one ComfyUI server the suite starts is not kept waiting meanwhile."""
